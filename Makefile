@@ -1,0 +1,34 @@
+# The two commands of this project:
+#   make install   build, install to $(PREFIX) and run a first sandbox
+#   make test      the whole test suite (what .ci/run runs)
+
+PREFIX ?= /usr/local
+MUSL := x86_64-unknown-linux-musl
+CARGO ?= cargo
+
+.PHONY: all build install test bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release -p sandbox
+	$(CARGO) build --release -p sandbox-init --target $(MUSL)
+
+install: build
+	install -D -m 0755 target/release/sandbox $(DESTDIR)$(PREFIX)/bin/sandbox
+	install -D -m 0755 target/$(MUSL)/release/sandbox-init $(DESTDIR)$(PREFIX)/libexec/sandbox/sandbox-init
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1
+	$(DESTDIR)$(PREFIX)/bin/sandbox man --out-dir $(DESTDIR)$(PREFIX)/share/man/man1
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+	$(DESTDIR)$(PREFIX)/bin/sandbox completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/sandbox
+	@echo "installed; first run:"
+	$(DESTDIR)$(PREFIX)/bin/sandbox run -- uname -a
+
+test:
+	scripts/test.sh
+
+bench:
+	bench/run.sh
+
+clean:
+	$(CARGO) clean

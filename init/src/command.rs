@@ -1,0 +1,432 @@
+//! Starting the command: a child in its own nested user namespace.
+//!
+//! The command never runs in the user namespace that owns the sandbox's
+//! mounts. init clones it into a nested user namespace (the maps come from
+//! the launcher, see `UserSpec`), so even a command that somehow regained
+//! every capability of its namespace could not alter the mount table.
+//!
+//! Child steps, after init has written its id maps:
+//! `setsid` (+ controlling pty) -> groups/gid/uid -> `chdir(workdir)` as the
+//! command's user -> `no_new_privs` -> drop every capability (bounding,
+//! ambient, effective/permitted/inheritable) -> default signal dispositions
+//! and an empty mask -> every fd >= 3 close-on-exec -> `execve`, trying each
+//! `PATH` entry like `execvp`.
+//!
+//! Failures before `execve` travel back on a close-on-exec pipe as
+//! `[kind, errno(4 bytes LE)]`; end of file on that pipe means `execve`
+//! succeeded.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use sandbox_proto::InitSpec;
+
+use crate::setup::StepError;
+use crate::sys::{self, cstring, Errno};
+
+/// A running command.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: libc::pid_t,
+    /// The pty master when the command has a terminal.
+    pub master: Option<OwnedFd>,
+}
+
+/// Why the command did not start.
+#[derive(Debug)]
+pub enum SpawnError {
+    Setup(StepError),
+    Exec {
+        program: Vec<u8>,
+        errno: Errno,
+        not_found: bool,
+    },
+}
+
+// Kinds of failure reported by the child on the error pipe.
+const K_SETSID: u8 = 1;
+const K_TTY: u8 = 2;
+const K_IDS: u8 = 3;
+const K_WORKDIR: u8 = 4;
+const K_PRIVS: u8 = 5;
+const K_EXEC: u8 = 6;
+const K_SYNC: u8 = 7;
+
+fn kind_step(kind: u8) -> &'static str {
+    match kind {
+        K_SETSID => "setsid",
+        K_TTY => "tty",
+        K_IDS => "set-ids",
+        K_WORKDIR => "workdir",
+        K_PRIVS => "drop-privileges",
+        K_SYNC => "sync",
+        _ => "exec",
+    }
+}
+
+/// Everything the child needs, prepared before `clone` so that the child
+/// allocates nothing.
+struct Prepared {
+    candidates: Vec<CString>,
+    /// Owners of the strings `argv_ptrs`/`envp_ptrs` point into.
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    cwd: CString,
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+    allow_setgroups: bool,
+}
+
+fn prepare(spec: &InitSpec) -> Result<Prepared, SpawnError> {
+    let bad = |what: &[u8]| {
+        SpawnError::Setup(StepError::new("exec", what, libc::EINVAL).detail("contains a NUL byte"))
+    };
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstring(a).map_err(|_| bad(a)))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|e| cstring(e).map_err(|_| bad(e)))
+        .collect::<Result<_, _>>()?;
+    let Some(prog) = spec.argv.first() else {
+        return Err(SpawnError::Setup(
+            StepError::new("exec", "", libc::EINVAL).detail("empty command"),
+        ));
+    };
+    let mut candidates = Vec::new();
+    if prog.contains(&b'/') {
+        candidates.push(cstring(prog).map_err(|_| bad(prog))?);
+    } else if !prog.is_empty() {
+        let path = spec
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix(b"PATH="))
+            .unwrap_or(b"/usr/local/bin:/usr/bin:/bin");
+        for dir in path.split(|b| *b == b':') {
+            let mut full = if dir.is_empty() {
+                b".".to_vec()
+            } else {
+                dir.to_vec()
+            };
+            full.push(b'/');
+            full.extend_from_slice(prog);
+            if let Ok(c) = cstring(&full) {
+                candidates.push(c);
+            }
+        }
+    }
+    let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
+        v.iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    Ok(Prepared {
+        candidates,
+        argv_ptrs: ptrs(&argv),
+        envp_ptrs: ptrs(&envp),
+        _argv: argv,
+        _envp: envp,
+        cwd: cstring(&spec.cwd).map_err(|_| bad(&spec.cwd))?,
+        uid: spec.user.uid,
+        gid: spec.user.gid,
+        groups: spec.user.groups.clone(),
+        allow_setgroups: spec.user.allow_setgroups,
+    })
+}
+
+fn open_pty(spec: &InitSpec, rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), StepError> {
+    let master = sys::open(c"/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY)
+        .map_err(|e| StepError::new("tty", "/dev/ptmx", e))?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK takes a pointer to an int.
+    let ret = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
+    sys::check(ret.into()).map_err(|e| StepError::new("tty", "/dev/ptmx", e))?;
+    // TIOCGPTPEER opens the slave through the master, with no path lookup.
+    // SAFETY: the ioctl returns a new fd or -1.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY,
+        )
+    };
+    let slave = sys::check(slave.into()).map_err(|e| StepError::new("tty", "/dev/pts", e))?;
+    // SAFETY: fresh fd from the kernel.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave as RawFd) };
+    // SAFETY: valid fd, owner ids are plain integers.
+    let ret = unsafe {
+        libc::fchown(
+            slave.as_raw_fd(),
+            spec.user.init_ns_uid,
+            spec.user.init_ns_gid,
+        )
+    };
+    sys::check(ret.into()).map_err(|e| StepError::new("tty", "/dev/pts", e))?;
+    set_winsize(master.as_raw_fd(), rows, cols);
+    Ok((master, slave))
+}
+
+/// Best effort: a pty without a size still works.
+pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+/// Start the command. Returns once `execve` has succeeded or failed.
+pub fn spawn(spec: &InitSpec) -> Result<Child, SpawnError> {
+    let prep = prepare(spec)?;
+    let pty = match spec.tty {
+        Some(t) => Some(open_pty(spec, t.rows, t.cols).map_err(SpawnError::Setup)?),
+        None => None,
+    };
+    let pipe_err = |e| SpawnError::Setup(StepError::new("exec", "pipe", e));
+    let (sync_r, sync_w) = sys::pipe().map_err(pipe_err)?;
+    let (err_r, err_w) = sys::pipe().map_err(pipe_err)?;
+
+    // SAFETY: init is single-threaded, so the child may continue like
+    // after fork(2). CLONE_NEWUSER puts the child in a fresh user
+    // namespace whose maps we write below.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(SpawnError::Setup(StepError::new(
+            "exec",
+            "clone",
+            sys::errno(),
+        )));
+    }
+    if pid == 0 {
+        drop(sync_w);
+        drop(err_r);
+        let slave = pty.as_ref().map(|(_, s)| s.as_raw_fd());
+        child_main(&prep, sync_r.as_raw_fd(), err_w.as_raw_fd(), slave);
+    }
+    let pid = pid as libc::pid_t;
+    drop(sync_r);
+    drop(err_w);
+    let master = pty.map(|(m, _slave)| m);
+
+    if let Err(e) = write_maps(pid, spec) {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(SpawnError::Setup(e));
+    }
+    // Release the child.
+    let _ = sys::write_all(sync_w.as_raw_fd(), b"g");
+    drop(sync_w);
+
+    let mut report = [0u8; 5];
+    let mut got = 0;
+    while got < report.len() {
+        match sys::read(err_r.as_raw_fd(), &mut report[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    if got == 0 {
+        return Ok(Child { pid, master });
+    }
+    // SAFETY: reaping our own child, which exits right after reporting.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
+    let kind = report[0];
+    if kind == K_EXEC {
+        let not_found = errno == libc::ENOENT || errno == libc::ENOTDIR;
+        Err(SpawnError::Exec {
+            program: spec.argv[0].clone(),
+            errno,
+            not_found,
+        })
+    } else {
+        let path: &[u8] = if kind == K_WORKDIR { &spec.cwd } else { b"" };
+        Err(SpawnError::Setup(StepError::new(
+            kind_step(kind),
+            path,
+            errno,
+        )))
+    }
+}
+
+fn write_maps(pid: libc::pid_t, spec: &InitSpec) -> Result<(), StepError> {
+    let u = &spec.user;
+    let file = |name: &str, data: &[u8]| {
+        let path = format!("/proc/{pid}/{name}");
+        let cpath = cstring(path.as_bytes()).map_err(|e| StepError::new("id-maps", &path, e))?;
+        sys::write_file(&cpath, data).map_err(|e| StepError::new("id-maps", &path, e))
+    };
+    if !u.allow_setgroups {
+        file("setgroups", b"deny")?;
+    }
+    file("gid_map", u.gid_map.as_bytes())?;
+    file("uid_map", u.uid_map.as_bytes())
+}
+
+/// Report a failure to init and exit. Never returns.
+fn fail(err_fd: RawFd, kind: u8, errno: Errno) -> ! {
+    let e = errno.to_le_bytes();
+    let _ = sys::write_all(err_fd, &[kind, e[0], e[1], e[2], e[3]]);
+    // SAFETY: _exit is always safe; no destructors must run in the child.
+    unsafe { libc::_exit(127) }
+}
+
+fn ok_or_fail(ret: libc::c_long, err_fd: RawFd, kind: u8) {
+    if ret == -1 {
+        fail(err_fd, kind, sys::errno());
+    }
+}
+
+/// The child between `clone` and `execve`. Allocates nothing.
+fn child_main(p: &Prepared, sync_fd: RawFd, err_fd: RawFd, slave: Option<RawFd>) -> ! {
+    let mut b = [0u8; 1];
+    match sys::read(sync_fd, &mut b) {
+        Ok(1) => {}
+        Ok(_) => fail(err_fd, K_SYNC, libc::EPIPE),
+        Err(e) => fail(err_fd, K_SYNC, e),
+    }
+    // SAFETY: (whole block) plain system calls on integers and fds we own;
+    // every pointer passed points to live, initialised memory in `p`.
+    unsafe {
+        ok_or_fail(libc::setsid().into(), err_fd, K_SETSID);
+        if let Some(s) = slave {
+            ok_or_fail(libc::ioctl(s, libc::TIOCSCTTY, 0).into(), err_fd, K_TTY);
+            for target in 0..3 {
+                ok_or_fail(libc::dup2(s, target).into(), err_fd, K_TTY);
+            }
+        }
+        if p.allow_setgroups {
+            ok_or_fail(
+                libc::setgroups(p.groups.len(), p.groups.as_ptr()).into(),
+                err_fd,
+                K_IDS,
+            );
+        }
+        ok_or_fail(libc::setresgid(p.gid, p.gid, p.gid).into(), err_fd, K_IDS);
+        ok_or_fail(libc::setresuid(p.uid, p.uid, p.uid).into(), err_fd, K_IDS);
+        ok_or_fail(libc::chdir(p.cwd.as_ptr()).into(), err_fd, K_WORKDIR);
+        ok_or_fail(
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into(),
+            err_fd,
+            K_PRIVS,
+        );
+        drop_capabilities(err_fd);
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        close_range_cloexec(3);
+    }
+    exec_candidates(p, err_fd)
+}
+
+/// Drop the bounding and ambient sets, then every capability we hold.
+fn drop_capabilities(err_fd: RawFd) {
+    for cap in 0..=63 {
+        // SAFETY: PR_CAPBSET_DROP with an integer; EINVAL past the last
+        // capability the kernel knows is expected and ignored.
+        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        if ret == -1 && sys::errno() != libc::EINVAL {
+            fail(err_fd, K_PRIVS, sys::errno());
+        }
+    }
+    // SAFETY: plain prctl.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    if ret == -1 && sys::errno() != libc::EINVAL {
+        fail(err_fd, K_PRIVS, sys::errno());
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset with a v3 header and two data elements, as required.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    ok_or_fail(ret, err_fd, K_PRIVS);
+}
+
+/// Mark every fd >= `from` close-on-exec.
+fn close_range_cloexec(from: u32) {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: close_range only changes fd flags.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if ret == -1 {
+        // Old kernel (< 5.11): fall back to a bounded loop.
+        for fd in from..4096 {
+            // SAFETY: fcntl on a possibly closed fd just fails with EBADF.
+            unsafe { libc::fcntl(fd as RawFd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+}
+
+fn exec_candidates(p: &Prepared, err_fd: RawFd) -> ! {
+    let mut last = libc::ENOENT;
+    let mut saw_eacces = false;
+    for cand in &p.candidates {
+        // SAFETY: NULL-terminated arrays of valid C strings.
+        unsafe { libc::execve(cand.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr()) };
+        last = sys::errno();
+        match last {
+            libc::ENOENT | libc::ENOTDIR => continue,
+            libc::EACCES => {
+                saw_eacces = true;
+                continue;
+            }
+            _ => break,
+        }
+    }
+    if saw_eacces && (last == libc::ENOENT || last == libc::ENOTDIR) {
+        last = libc::EACCES;
+    }
+    fail(err_fd, K_EXEC, last)
+}

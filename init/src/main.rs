@@ -1,0 +1,253 @@
+//! `sandbox-init`: PID 1 of every sandbox.
+//!
+//! Started by the launcher with the control socket on fd 3 (see
+//! `sandbox_proto` for the message sequence). init builds the filesystem
+//! view (`setup`), starts the command (`command`), then supervises it:
+//! forwards signals, reaps every zombie, and when the command exits ends
+//! every process left in the sandbox and reports the status.
+//!
+//! init never writes to stdout/stderr: those belong to the command. All
+//! failures travel to the launcher as structured messages.
+
+mod chan;
+mod command;
+mod setup;
+mod sys;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use sandbox_proto::{ExitStatus, HostMsg, InitMsg, PROTOCOL_VERSION};
+
+use chan::{Receiver, Recv};
+
+/// Exit codes of init itself (the command's status travels in `Exited`).
+const EXIT_SETUP_FAILED: i32 = 1;
+const EXIT_PROTOCOL: i32 = 2;
+const EXIT_LAUNCHER_GONE: i32 = 3;
+
+/// Signals the launcher may forward; also the ones init catches itself.
+const FORWARDED: [libc::c_int; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+fn main() {
+    std::process::exit(run());
+}
+
+fn run() -> i32 {
+    // If the launcher dies, so do we (and with us the whole PID namespace).
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let sigfd = match block_signals() {
+        Ok(fd) => fd,
+        Err(e) => {
+            let err = setup::StepError::new("signals", "", e);
+            let _ = chan::send(&InitMsg::SetupFailed(err.into_proto()), None);
+            return EXIT_SETUP_FAILED;
+        }
+    };
+    if chan::send(
+        &InitMsg::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        None,
+    )
+    .is_err()
+    {
+        return EXIT_LAUNCHER_GONE;
+    }
+    let mut rx = Receiver::default();
+    let spec = match rx.read_once() {
+        Recv::Msg(HostMsg::Start(spec)) => spec,
+        Recv::Closed => return EXIT_LAUNCHER_GONE,
+        Recv::Msg(_) | Recv::Bad => return EXIT_PROTOCOL,
+    };
+
+    if let Err(e) = setup::build_root(&spec) {
+        let _ = chan::send(&InitMsg::SetupFailed(e.into_proto()), None);
+        return EXIT_SETUP_FAILED;
+    }
+    let child = match command::spawn(&spec) {
+        Ok(c) => c,
+        Err(command::SpawnError::Setup(e)) => {
+            let _ = chan::send(&InitMsg::SetupFailed(e.into_proto()), None);
+            return EXIT_SETUP_FAILED;
+        }
+        Err(command::SpawnError::Exec {
+            program,
+            errno,
+            not_found,
+        }) => {
+            let _ = chan::send(
+                &InitMsg::ExecFailed {
+                    program,
+                    errno,
+                    not_found,
+                },
+                None,
+            );
+            return EXIT_SETUP_FAILED;
+        }
+    };
+    detach_stdio();
+    let started = InitMsg::Started {
+        pid: child.pid,
+        pty: child.master.is_some(),
+    };
+    if chan::send(&started, child.master.as_ref().map(AsRawFd::as_raw_fd)).is_err() {
+        kill_all();
+        return EXIT_LAUNCHER_GONE;
+    }
+    // The launcher now owns the pty master; ours would keep it alive.
+    drop(child.master);
+    supervise(child.pid, &sigfd, rx)
+}
+
+/// Block the signals init handles and return a signalfd for them.
+fn block_signals() -> Result<OwnedFd, sys::Errno> {
+    // SAFETY: sigset manipulation on a local, zero-initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        sys::check(libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()).into())?;
+        let fd = sys::check(libc::signalfd(-1, &set, libc::SFD_CLOEXEC).into())?;
+        Ok(OwnedFd::from_raw_fd(fd as RawFd))
+    }
+}
+
+/// Point init's own stdio at /dev/null so that init never holds the
+/// caller's pipes or terminal open on its own.
+fn detach_stdio() {
+    if let Ok(null) = sys::open(c"/dev/null", libc::O_RDWR) {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard fds.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn kill_all() {
+    // As PID 1 of the namespace, kill(-1) reaches every other process in it.
+    // SAFETY: plain kill.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    reap_all_blocking();
+}
+
+fn reap_all_blocking() {
+    loop {
+        // SAFETY: waitpid with a null status pointer.
+        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) };
+        if r < 0 && sys::errno() != libc::EINTR {
+            break;
+        }
+    }
+}
+
+fn decode_status(status: libc::c_int) -> ExitStatus {
+    if libc::WIFSIGNALED(status) {
+        ExitStatus::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Code(libc::WEXITSTATUS(status))
+    }
+}
+
+fn forward(pid: libc::pid_t, sig: i32) {
+    if (1..=64).contains(&sig) {
+        // SAFETY: plain kill of our child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Supervise until the command exits; returns init's exit code.
+fn supervise(pid: libc::pid_t, sigfd: &OwnedFd, mut rx: Receiver) -> i32 {
+    // Signals that arrived with the start request.
+    while let Some(m) = rx.buffered() {
+        if let HostMsg::Signal(s) = m {
+            forward(pid, s);
+        }
+    }
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: sigfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: chan::CTRL_FD,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            continue;
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            // SAFETY: zeroed siginfo is a valid buffer.
+            let mut si: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let sz = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: reading one siginfo record into `si`.
+            let r = unsafe {
+                libc::read(
+                    sigfd.as_raw_fd(),
+                    (&mut si as *mut libc::signalfd_siginfo).cast(),
+                    sz,
+                )
+            };
+            if r as usize == sz {
+                let sig = si.ssi_signo as i32;
+                if sig == libc::SIGCHLD {
+                    if let Some(status) = reap(pid) {
+                        kill_all();
+                        let _ = chan::send(&InitMsg::Exited(status), None);
+                        return 0;
+                    }
+                } else {
+                    forward(pid, sig);
+                }
+            }
+        }
+        if fds[1].revents != 0 {
+            match rx.read_once() {
+                Recv::Msg(HostMsg::Signal(s)) => forward(pid, s),
+                Recv::Msg(HostMsg::Resize { .. }) | Recv::Msg(HostMsg::Start(_)) => {}
+                Recv::Closed => {
+                    kill_all();
+                    return EXIT_LAUNCHER_GONE;
+                }
+                Recv::Bad => {
+                    kill_all();
+                    return EXIT_PROTOCOL;
+                }
+            }
+        }
+    }
+}
+
+/// Reap every exited child; returns the command's status once it exited.
+fn reap(main_pid: libc::pid_t) -> Option<ExitStatus> {
+    let mut result = None;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid status pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if r <= 0 {
+            return result;
+        }
+        if r == main_pid {
+            result = Some(decode_status(status));
+        }
+    }
+}

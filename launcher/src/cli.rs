@@ -1,0 +1,175 @@
+//! Command-line definitions (clap). Also the source of the man page and
+//! the shell completions, so the three never disagree.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+pub const EXIT_CODES_HELP: &str = "\
+EXIT STATUS:
+  N        the command's own exit status (0-255)
+  128+N    the command was killed by signal N
+  124      --timeout expired and the command was stopped
+  125      the sandbox itself failed (a one-line reason is printed)
+  126      the command was found but could not be executed
+  127      the command was not found inside the sandbox";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sandbox",
+    version,
+    about = "Run one host program in isolation",
+    long_about = "Run one host program in isolation: Linux namespaces with the host \
+                  filesystem visible read-only, a private /tmp, /dev and /proc, no network, \
+                  and a small init as PID 1.",
+    after_help = EXIT_CODES_HELP,
+    propagate_version = true,
+    disable_help_subcommand = false
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+pub enum Command {
+    /// Run COMMAND in a new sandbox and wait for it
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(RunArgs),
+    /// Print a shell completion script to stdout
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (roff) to a directory, or sandbox(1) to stdout
+    Man {
+        /// Directory to write sandbox.1 and sandbox-*.1 into
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// Network modes accepted on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    /// Loopback only (own network namespace)
+    None,
+    /// The host's network namespace (no network isolation)
+    Host,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// Bind a host path: HOST[:DEST][:ro|:rw]; read-only unless :rw
+    #[arg(short = 'v', long = "volume", value_name = "HOST[:DEST][:ro|:rw]")]
+    pub volume: Vec<OsString>,
+
+    /// Bind SRC to DEST read-write (bubblewrap spelling)
+    #[arg(long = "bind", num_args = 2, value_names = ["SRC", "DEST"], action = ArgAction::Append)]
+    pub bind: Vec<OsString>,
+
+    /// Bind SRC to DEST read-only (bubblewrap spelling)
+    #[arg(long = "ro-bind", num_args = 2, value_names = ["SRC", "DEST"], action = ArgAction::Append)]
+    pub ro_bind: Vec<OsString>,
+
+    /// Mount a fresh tmpfs: DEST[:size=N][,mode=OCTAL]
+    #[arg(long = "tmpfs", value_name = "DEST[:size=N]")]
+    pub tmpfs: Vec<OsString>,
+
+    /// Working directory inside (default: the current directory)
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<OsString>,
+
+    /// Set KEY=VALUE, or pass the caller's KEY
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<OsString>,
+
+    /// Run as UID[:GID] or root (default: your own uid/gid)
+    #[arg(short = 'u', long = "user", value_name = "UID[:GID]|root")]
+    pub user: Option<String>,
+
+    /// Hostname inside (default: the sandbox name)
+    #[arg(long)]
+    pub hostname: Option<String>,
+
+    /// Sandbox name (default: a unique generated id)
+    #[arg(short = 'n', long)]
+    pub name: Option<String>,
+
+    /// Network: none (loopback only) or host
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub network: Option<NetworkArg>,
+
+    /// Give the command a terminal (default: when stdin is a terminal)
+    #[arg(short = 't', long, conflicts_with = "no_tty")]
+    pub tty: bool,
+
+    /// Never give the command a terminal
+    #[arg(short = 'T', long = "no-tty")]
+    pub no_tty: bool,
+
+    /// Keep stdin connected (always the case; accepted for docker habits)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+
+    /// Stop the command after DURATION (e.g. 30s, 5m, 1h30m): SIGTERM,
+    /// then SIGKILL after --kill-after; exit status 124
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+
+    /// Grace period between SIGTERM and SIGKILL on timeout (default 5s)
+    #[arg(long, value_name = "DURATION")]
+    pub kill_after: Option<String>,
+
+    /// Profile: a name (looked up in ~/.config/sandbox, /etc/sandbox, then
+    /// the built-in ones) or a path to a .toml file
+    #[arg(short = 'p', long, value_name = "NAME|PATH")]
+    pub profile: Option<String>,
+
+    /// Write a JSON record of the run to this open file descriptor
+    #[arg(long, value_name = "FD")]
+    pub json_status_fd: Option<i32>,
+
+    /// Write a JSON record of the run to FILE
+    #[arg(long, value_name = "FILE")]
+    pub receipt: Option<PathBuf>,
+
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn options_after_the_command_belong_to_it() {
+        let cli =
+            Cli::try_parse_from(["sandbox", "run", "-e", "A=1", "ls", "-l", "--tty"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.command, ["ls", "-l", "--tty"]);
+        assert!(!r.tty);
+        assert_eq!(r.env, ["A=1"]);
+    }
+
+    #[test]
+    fn bind_takes_two_values() {
+        let cli =
+            Cli::try_parse_from(["sandbox", "run", "--bind", "/a", "/b", "--", "true"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.bind, ["/a", "/b"]);
+    }
+}

@@ -1,0 +1,412 @@
+//! The namespace backend: start `sandbox-init` as PID 1 of fresh
+//! namespaces and hand it the [`InitSpec`].
+//!
+//! Launcher side of the setup (init's side is in `init/src/setup.rs`):
+//! 1. open `sandbox-init` (`O_PATH`) and a control `socketpair`;
+//! 2. `clone3(CLONE_NEWUSER | NEWNS | NEWPID | NEWIPC | NEWUTS | NEWCGROUP
+//!    [| NEWNET], CLONE_PIDFD)`; the child sets `PR_SET_PDEATHSIG` and
+//!    waits for a go byte;
+//! 3. the launcher writes the child's `setgroups`, `gid_map`, `uid_map`
+//!    (rootless: its own uid/gid as root of the namespace; as root: the
+//!    identity map), then sends the go byte;
+//! 4. the child moves the channel to fd 3, closes every other fd except
+//!    stdio and `execveat`s init with an empty environment;
+//! 5. init says `Hello`; the launcher sends `Start(InitSpec)`; init answers
+//!    `Started` (with the pty master) or a structured failure.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use sandbox_proto::{
+    FsSpec, HostMsg, InitMsg, InitSpec, Mount, RootSource, SetupError, SysMode, TtySpec, UserSpec,
+    PROTOCOL_VERSION,
+};
+
+use crate::chan::{ChanError, Channel};
+use crate::errors::{errno_name, errno_text};
+use crate::initbin::{self, InitBinError};
+use crate::spec::{MountSpec, Network, Spec};
+use crate::sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    InitBin(#[from] InitBinError),
+    #[error("{what}: {reason}")]
+    Sys { what: &'static str, reason: String },
+    #[error("cannot start sandbox-init ({path}): {reason}")]
+    InitExec { path: PathBuf, reason: String },
+    #[error(
+        "sandbox-init speaks protocol {got}, this launcher {PROTOCOL_VERSION}: reinstall both"
+    )]
+    Version { got: u32 },
+    #[error("unexpected message from sandbox-init during setup: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Chan(#[from] ChanError),
+    #[error("{}", setup_message(.0))]
+    Setup(SetupError),
+    #[error("{}: {}", String::from_utf8_lossy(.program), exec_reason(*.errno, *.not_found))]
+    Exec {
+        program: Vec<u8>,
+        errno: i32,
+        not_found: bool,
+    },
+}
+
+fn exec_reason(errno: i32, not_found: bool) -> String {
+    if not_found {
+        "command not found".into()
+    } else {
+        format!("cannot execute: {}", errno_text(errno))
+    }
+}
+
+/// One line describing a structured setup failure.
+pub fn setup_message(e: &SetupError) -> String {
+    let mut s = format!("setup step '{}' failed", e.step);
+    if let Some(p) = &e.path {
+        if !p.is_empty() {
+            s.push_str(&format!(" on {}", String::from_utf8_lossy(p)));
+        }
+    }
+    if e.errno != 0 {
+        s.push_str(&format!(
+            ": {} ({})",
+            errno_text(e.errno),
+            errno_name(e.errno)
+        ));
+    }
+    if !e.detail.is_empty() {
+        s.push_str(&format!(": {}", e.detail));
+    }
+    s
+}
+
+fn sys_err(what: &'static str) -> impl Fn(io::Error) -> StartError {
+    move |e| StartError::Sys {
+        what,
+        reason: crate::errors::io_reason(&e),
+    }
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Running {
+    pub pidfd: OwnedFd,
+    pub init_pid: libc::pid_t,
+    pub chan: Channel,
+    /// The pty master when the command has a terminal.
+    pub master: Option<OwnedFd>,
+    /// The command's pid inside the sandbox.
+    pub command_pid: i32,
+}
+
+/// Kills and reaps init if setup does not complete.
+struct InitGuard {
+    pidfd: Option<OwnedFd>,
+}
+
+impl Drop for InitGuard {
+    fn drop(&mut self) {
+        if let Some(fd) = self.pidfd.take() {
+            let _ = sys::pidfd_send_signal(&fd, libc::SIGKILL);
+            let _ = sys::wait_pidfd(&fd);
+        }
+    }
+}
+
+/// The namespaces every sandbox gets (the network one unless `host`).
+pub fn namespaces(spec: &Spec) -> Vec<&'static str> {
+    let mut v = vec!["user", "mount", "pid", "ipc", "uts", "cgroup"];
+    if spec.network == Network::None {
+        v.push("net");
+    }
+    v
+}
+
+fn bytes(p: &std::path::Path) -> Vec<u8> {
+    p.as_os_str().as_bytes().to_vec()
+}
+
+/// Translate the backend-neutral spec into init's instructions.
+pub fn init_spec(spec: &Spec, caller_uid: u32) -> InitSpec {
+    let rootless = caller_uid != 0;
+    let (u, g) = (spec.user.uid, spec.user.gid);
+    let user = if rootless {
+        // Outer namespace: root = the caller. Command namespace: the
+        // requested ids = outer root = the caller on the host.
+        UserSpec {
+            uid: u,
+            gid: g,
+            groups: Vec::new(),
+            uid_map: format!("{u} 0 1\n"),
+            gid_map: format!("{g} 0 1\n"),
+            allow_setgroups: false,
+            init_ns_uid: 0,
+            init_ns_gid: 0,
+        }
+    } else {
+        UserSpec {
+            uid: u,
+            gid: g,
+            groups: Vec::new(),
+            uid_map: "0 0 4294967295\n".into(),
+            gid_map: "0 0 4294967295\n".into(),
+            allow_setgroups: true,
+            init_ns_uid: u,
+            init_ns_gid: g,
+        }
+    };
+    let mounts = spec
+        .mounts
+        .iter()
+        .map(|m| match m {
+            MountSpec::Bind { src, dst, readonly } => Mount::Bind {
+                src: bytes(src),
+                dst: bytes(dst),
+                readonly: *readonly,
+            },
+            MountSpec::Tmpfs { dst, size, mode } => Mount::Tmpfs {
+                dst: bytes(dst),
+                size: *size,
+                mode: *mode,
+            },
+        })
+        .collect();
+    let tty = spec.tty.then(|| {
+        let (rows, cols) = crate::tty::window_size(0).unwrap_or((24, 80));
+        TtySpec { rows, cols }
+    });
+    InitSpec {
+        argv: spec.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        env: spec
+            .env
+            .iter()
+            .map(|(k, v)| {
+                let mut e = k.as_bytes().to_vec();
+                e.push(b'=');
+                e.extend_from_slice(v.as_bytes());
+                e
+            })
+            .collect(),
+        cwd: bytes(&spec.workdir),
+        create_cwd: true,
+        user,
+        hostname: spec.hostname.as_bytes().to_vec(),
+        fs: FsSpec {
+            root: RootSource::HostBind,
+            sys: if spec.network == Network::None {
+                SysMode::Fresh
+            } else {
+                SysMode::HostReadOnly
+            },
+            mounts,
+            masked: spec.masked.iter().map(|p| bytes(p)).collect(),
+            readonly: spec.readonly.iter().map(|p| bytes(p)).collect(),
+            scratch_size: spec.scratch_size,
+        },
+        loopback_up: spec.network == Network::None,
+        tty,
+    }
+}
+
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+}
+
+/// Start a sandbox for `spec` and its command. On any failure nothing is
+/// left running.
+pub fn start(spec: &Spec) -> Result<Running, StartError> {
+    // SAFETY: no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (init_fd, init_path) = initbin::open()?;
+    let (parent_end, child_end) = sys::socketpair().map_err(sys_err("socketpair"))?;
+
+    let mut flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP
+        | libc::CLONE_PIDFD;
+    if spec.network == Network::None {
+        flags |= libc::CLONE_NEWNET;
+    }
+    let argv0 = c"sandbox-init";
+    let argv: [*const libc::c_char; 2] = [argv0.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+
+    let mut pidfd: RawFd = -1;
+    let args = CloneArgs {
+        flags: flags as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+    };
+    // SAFETY: fork-like clone3 (no new stack). The launcher is
+    // single-threaded here, and the child only runs `child_exec`, which
+    // makes async-signal-safe system calls and never returns.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        child_exec(child_end.as_raw_fd(), init_fd.as_raw_fd(), &argv, &envp);
+    }
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        let hint = match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::ENOSPC) | Some(libc::EUSERS) => {
+                ": user namespaces may be disabled (check kernel.unprivileged_userns_clone, \
+                 user.max_user_namespaces, or an AppArmor/SELinux userns restriction)"
+            }
+            Some(libc::ENOSYS) => ": clone3(2) is missing: Linux 5.3 or newer is required",
+            _ => "",
+        };
+        return Err(StartError::Sys {
+            what: "cannot create namespaces (clone3)",
+            reason: format!("{}{hint}", crate::errors::io_reason(&e)),
+        });
+    }
+    // SAFETY: CLONE_PIDFD stored a fresh pidfd that we now own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let init_pid = pid as libc::pid_t;
+    drop(child_end);
+    drop(init_fd);
+    let mut guard = InitGuard { pidfd: Some(pidfd) };
+
+    write_outer_maps(init_pid, uid, gid).map_err(|e| StartError::Sys {
+        what: "cannot write the user namespace id maps",
+        reason: crate::errors::io_reason(&e),
+    })?;
+    sys::write_all(parent_end.as_raw_fd(), b"g").map_err(sys_err("control channel"))?;
+    let mut chan = Channel::new(parent_end);
+
+    match chan.recv() {
+        Ok(InitMsg::Hello { version }) if version == PROTOCOL_VERSION => {}
+        Ok(InitMsg::Hello { version }) => return Err(StartError::Version { got: version }),
+        Ok(other) => return Err(StartError::Protocol(format!("{other:?}"))),
+        Err(ChanError::Closed) => {
+            // The child exits with the errno of a failed execveat.
+            let fd = guard
+                .pidfd
+                .take()
+                .ok_or(StartError::Protocol("no pidfd".into()))?;
+            let status = sys::wait_pidfd(&fd).unwrap_or(0);
+            let reason = if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+                errno_text(libc::WEXITSTATUS(status))
+            } else {
+                "it exited before the handshake".into()
+            };
+            return Err(StartError::InitExec {
+                path: init_path,
+                reason,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+
+    chan.send(&HostMsg::Start(Box::new(init_spec(spec, uid))))?;
+    match chan.recv()? {
+        InitMsg::Started { pid, pty } => {
+            let master = if pty {
+                Some(chan.take_fd().ok_or_else(|| {
+                    StartError::Protocol("init reported a pty but sent no fd".into())
+                })?)
+            } else {
+                None
+            };
+            let pidfd = guard
+                .pidfd
+                .take()
+                .ok_or(StartError::Protocol("no pidfd".into()))?;
+            Ok(Running {
+                pidfd,
+                init_pid,
+                chan,
+                master,
+                command_pid: pid,
+            })
+        }
+        InitMsg::SetupFailed(e) => Err(StartError::Setup(e)),
+        InitMsg::ExecFailed {
+            program,
+            errno,
+            not_found,
+        } => Err(StartError::Exec {
+            program,
+            errno,
+            not_found,
+        }),
+        other => Err(StartError::Protocol(format!("{other:?}"))),
+    }
+}
+
+fn write_outer_maps(pid: libc::pid_t, uid: u32, gid: u32) -> io::Result<()> {
+    let (uid_map, gid_map) = if uid == 0 {
+        (
+            "0 0 4294967295\n".to_string(),
+            "0 0 4294967295\n".to_string(),
+        )
+    } else {
+        std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
+        (format!("0 {uid} 1\n"), format!("0 {gid} 1\n"))
+    };
+    std::fs::write(format!("/proc/{pid}/gid_map"), gid_map)?;
+    std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)
+}
+
+/// The clone child: wait for the maps, then become `sandbox-init`.
+fn child_exec(
+    ctrl: RawFd,
+    init_fd: RawFd,
+    argv: &[*const libc::c_char; 2],
+    envp: &[*const libc::c_char; 1],
+) -> ! {
+    // SAFETY: (whole block) only async-signal-safe system calls on fds
+    // and pointers that are valid in this copy of the parent's memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        let mut b = 0u8;
+        if libc::read(ctrl, (&mut b as *mut u8).cast(), 1) != 1 {
+            libc::_exit(libc::EPIPE);
+        }
+        let c = libc::fcntl(ctrl, libc::F_DUPFD_CLOEXEC, 10);
+        let i = libc::fcntl(init_fd, libc::F_DUPFD_CLOEXEC, 10);
+        if c < 0 || i < 0 || libc::dup2(c, 3) < 0 || libc::dup3(i, 4, libc::O_CLOEXEC) < 0 {
+            libc::_exit(*libc::__errno_location());
+        }
+        if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) != 0 {
+            for fd in 5..65536 {
+                libc::close(fd);
+            }
+        }
+        libc::syscall(
+            libc::SYS_execveat,
+            4,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        libc::_exit(*libc::__errno_location());
+    }
+}

@@ -1,0 +1,17 @@
+//! The `sandbox` launcher library. See `docs/architecture.md` for the code
+//! map; the binary (`main.rs`) only parses the command line and maps the
+//! result to an exit status.
+
+pub mod chan;
+pub mod cli;
+pub mod container;
+pub mod errors;
+pub mod initbin;
+pub mod profile;
+pub mod receipt;
+pub mod run;
+pub mod session;
+pub mod spec;
+pub mod state;
+pub mod sys;
+pub mod tty;

@@ -1,0 +1,102 @@
+//! The `sandbox` binary.
+
+use std::io::Write;
+use std::path::Path;
+
+use clap::{CommandFactory, Parser};
+
+use sandbox::cli::{Cli, Command};
+use sandbox::errors::EXIT_SANDBOX;
+
+fn main() {
+    ensure_stdio();
+    let code = match Cli::try_parse() {
+        Ok(cli) => match cli.command {
+            Command::Run(args) => sandbox::run::run(&args),
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "sandbox",
+                    &mut std::io::stdout(),
+                );
+                0
+            }
+            Command::Man { out_dir } => match man(out_dir.as_deref()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("sandbox: cannot write the man page: {e:#}");
+                    EXIT_SANDBOX
+                }
+            },
+        },
+        Err(e) => {
+            // Usage errors are sandbox failures (125), like docker and
+            // podman; --help and --version succeed.
+            let code = if e.use_stderr() { EXIT_SANDBOX } else { 0 };
+            let _ = e.print();
+            code
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Make sure fds 0-2 exist, so no file we open lands on them.
+fn ensure_stdio() {
+    for fd in 0..3 {
+        if !sandbox::sys::is_fd_open(fd) {
+            // SAFETY: opening /dev/null onto the lowest free fd, which is
+            // `fd` because the lower ones are open.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
+const EXIT_STATUS_ROFF: &str = r#".SH "EXIT STATUS"
+.TP
+.B N
+the command's own exit status
+.TP
+.B 128+N
+the command was killed by signal N
+.TP
+.B 124
+\-\-timeout expired; the command was stopped (SIGTERM, then SIGKILL after \-\-kill\-after)
+.TP
+.B 125
+the sandbox itself failed; a one\-line reason is printed on stderr
+.TP
+.B 126
+the command was found but could not be executed
+.TP
+.B 127
+the command was not found inside the sandbox
+"#;
+
+fn render(cmd: clap::Command, exit_section: bool) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(cmd).render(&mut buf)?;
+    if exit_section {
+        buf.extend_from_slice(EXIT_STATUS_ROFF.as_bytes());
+    }
+    Ok(buf)
+}
+
+fn man(out_dir: Option<&Path>) -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    let Some(dir) = out_dir else {
+        std::io::stdout().write_all(&render(cmd, true)?)?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("sandbox.1"), render(cmd.clone(), true)?)?;
+    for sub in cmd.get_subcommands() {
+        let name = format!("sandbox-{}", sub.get_name());
+        let page = sub.clone().name(&*Box::leak(name.clone().into_boxed_str()));
+        std::fs::write(
+            dir.join(format!("{name}.1")),
+            render(page, sub.get_name() == "run")?,
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! The JSON record of a run (`--receipt FILE`, `--json-status-fd FD`).
+//!
+//! Fields (stable; documented in `docs/receipt.md`): `id`, `backend`,
+//! `profile`, `command`, `exit_code` (the launcher's own status),
+//! `status` (`{"exited": N}`, `{"signaled": N}` or `{"error": "..."}`),
+//! `timed_out`, `wall_time_ms`, `started_at` (unix seconds) and
+//! `isolation` (`enforced` features with their settings, and the
+//! `not_enforced` list, empty when everything asked for holds).
+
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::container::namespaces;
+use crate::spec::{Network, Spec};
+
+/// What the backend enforced for this run.
+pub fn isolation(spec: &Spec) -> Value {
+    json!({
+        "enforced": {
+            "namespaces": namespaces(spec),
+            "root_filesystem": "host, read-only, nosuid, nodev",
+            "scratch": ["/tmp", "/run", "/dev/shm"],
+            "proc": "private, masked",
+            "sys": if spec.network == Network::None { "private, read-only" } else { "host, read-only" },
+            "dev": "minimal (null, zero, full, random, urandom, tty, pts, shm)",
+            "masked_paths": spec.masked,
+            "network": spec.network.as_str(),
+            "user": { "uid": spec.user.uid, "gid": spec.user.gid },
+            "capabilities": "none",
+            "no_new_privs": true,
+            "new_session": true,
+            "pid1": "sandbox-init",
+        },
+        "not_enforced": Vec::<String>::new(),
+    })
+}
+
+#[derive(Debug)]
+pub struct Record<'a> {
+    pub spec: Option<&'a Spec>,
+    pub name: Option<&'a str>,
+    pub argv: &'a [std::ffi::OsString],
+    pub exit_code: i32,
+    pub status: Value,
+    pub timed_out: bool,
+    pub wall_time_ms: f64,
+    pub started_at: f64,
+}
+
+impl Record<'_> {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.name,
+            "backend": "namespace",
+            "profile": self.spec.map(|s| s.profile.clone()),
+            "command": self.argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
+            "exit_code": self.exit_code,
+            "status": self.status,
+            "timed_out": self.timed_out,
+            "wall_time_ms": (self.wall_time_ms * 1000.0).round() / 1000.0,
+            "started_at": self.started_at,
+            "isolation": self.spec.map(isolation),
+        })
+    }
+}
+
+/// Write the record to a file atomically (temp file, fsync, rename).
+pub fn write_file(path: &Path, v: &Value) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        serde_json::to_writer_pretty(&mut f, v)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Write the record as one line to an inherited fd.
+pub fn write_fd(fd: RawFd, v: &Value) -> std::io::Result<()> {
+    // SAFETY: the fd was checked open at start-up; ManuallyDrop keeps us
+    // from closing a descriptor the caller owns.
+    let f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let mut line = serde_json::to_vec(v)?;
+    line.push(b'\n');
+    (&*f).write_all(&line)
+}

@@ -1,0 +1,146 @@
+//! `sandbox run`: resolve the spec, start the sandbox, supervise it, map
+//! the outcome to an exit status and write the receipt.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::cli::RunArgs;
+use crate::container::{self, StartError};
+use crate::errors::{signal_status, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SANDBOX, EXIT_TIMEOUT};
+use crate::receipt::{self, Record};
+use crate::session::{self, Outcome};
+use crate::spec::{self, Caller, Spec, SpecError};
+use crate::state::{NameLock, StateError};
+use crate::{sys, tty};
+use sandbox_proto::ExitStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("invalid --json-status-fd {0}: not an open file descriptor")]
+    StatusFd(i32),
+    #[error("cannot set up signal handling: {0}")]
+    Signals(String),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Start(StartError::Exec {
+                not_found: true, ..
+            }) => EXIT_NOT_FOUND,
+            RunError::Start(StartError::Exec { .. }) => EXIT_CANNOT_EXEC,
+            _ => EXIT_SANDBOX,
+        }
+    }
+}
+
+/// Run and return the process exit status.
+pub fn run(args: &RunArgs) -> i32 {
+    let t0 = Instant::now();
+    let started_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let caller = Caller::current();
+    let mut spec_out = None;
+    let result = run_inner(args, &caller, &mut spec_out);
+
+    let (code, status, timed_out) = match &result {
+        Ok(o) => outcome_code(o),
+        Err(e) => {
+            eprintln!("sandbox: {e}");
+            (e.exit_code(), json!({ "error": e.to_string() }), false)
+        }
+    };
+    if let Ok(Outcome {
+        status: Err(reason),
+        ..
+    }) = &result
+    {
+        eprintln!("sandbox: {reason}");
+    }
+    if let Ok(o) = &result {
+        if o.timed_out {
+            eprintln!("sandbox: timed out; the command was stopped");
+        }
+    }
+    let record = Record {
+        spec: spec_out.as_ref(),
+        name: spec_out.as_ref().map(|s: &Spec| s.name.as_str()),
+        argv: &args.command,
+        exit_code: code,
+        status,
+        timed_out,
+        wall_time_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        started_at,
+    }
+    .to_json();
+    let mut code = code;
+    if let Some(path) = &args.receipt {
+        if let Err(e) = receipt::write_file(path, &record) {
+            eprintln!("sandbox: cannot write receipt {}: {}", path.display(), e);
+            code = EXIT_SANDBOX;
+        }
+    }
+    if let Some(fd) = args.json_status_fd {
+        if sys::is_fd_open(fd) {
+            if let Err(e) = receipt::write_fd(fd, &record) {
+                eprintln!("sandbox: cannot write the status to fd {fd}: {e}");
+                code = EXIT_SANDBOX;
+            }
+        }
+    }
+    code
+}
+
+fn outcome_code(o: &Outcome) -> (i32, Value, bool) {
+    let (code, status) = match &o.status {
+        Ok(ExitStatus::Code(c)) => (*c, json!({ "exited": c })),
+        Ok(ExitStatus::Signal(s)) => (signal_status(*s), json!({ "signaled": s })),
+        Err(reason) => (EXIT_SANDBOX, json!({ "error": reason })),
+    };
+    if o.timed_out {
+        (EXIT_TIMEOUT, status, true)
+    } else {
+        (code, status, false)
+    }
+}
+
+fn run_inner(
+    args: &RunArgs,
+    caller: &Caller,
+    spec_out: &mut Option<Spec>,
+) -> Result<Outcome, RunError> {
+    if let Some(fd) = args.json_status_fd {
+        if fd < 0 || !sys::is_fd_open(fd) {
+            return Err(RunError::StatusFd(fd));
+        }
+    }
+    let spec = spec::resolve(args, caller)?;
+    let _name = NameLock::acquire(&spec.name)?;
+    // Block the forwarded signals before the sandbox exists, so none is
+    // lost between start and supervision.
+    let sigfd = sys::signalfd_for(&session::FORWARDED)
+        .map_err(|e| RunError::Signals(crate::errors::io_reason(&e)))?;
+    *spec_out = Some(spec);
+    let spec = spec_out
+        .as_ref()
+        .ok_or(RunError::Signals("no spec".into()))?;
+    let mut running = container::start(spec)?;
+    let _raw = match running.master {
+        Some(_) if tty::is_tty(0) => tty::RawMode::enable(0),
+        _ => None,
+    };
+    Ok(session::supervise(
+        &mut running,
+        &sigfd,
+        spec.timeout,
+        spec.kill_after,
+    ))
+}

@@ -1,0 +1,223 @@
+//! Supervising a running sandbox from the launcher: signal forwarding,
+//! `--timeout`, pty copying, and collecting the final status.
+//!
+//! Single-threaded: one `poll` loop over the control channel, a signalfd,
+//! the init's pidfd and (with a terminal) stdin and the pty master. The
+//! loop ends when init has exited, which for a PID-namespace init means
+//! every process of the sandbox is gone.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use sandbox_proto::{ExitStatus, HostMsg, InitMsg};
+
+use crate::container::Running;
+use crate::sys;
+use crate::tty;
+
+/// Signals the launcher catches and forwards to the command.
+pub const FORWARDED: [libc::c_int; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+/// How the run ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The command's status, or why none was reported.
+    pub status: Result<ExitStatus, String>,
+    pub timed_out: bool,
+}
+
+enum Phase {
+    Running,
+    Terminating { kill_at: Instant },
+    Killed,
+}
+
+/// Run the loop until init exits.
+pub fn supervise(
+    run: &mut Running,
+    sigfd: &OwnedFd,
+    timeout: Option<Duration>,
+    kill_after: Duration,
+) -> Outcome {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut phase = Phase::Running;
+    let mut timed_out = false;
+    let mut exited: Option<ExitStatus> = None;
+    let mut bad_msg: Option<String> = None;
+    let mut chan_open = true;
+    let mut stdin_open = run.master.is_some();
+    if let Some(m) = &run.master {
+        let _ = sys::set_nonblocking(m.as_raw_fd(), true);
+    }
+    let master = run.master.as_ref().map(AsRawFd::as_raw_fd);
+    let mut master_open = master.is_some();
+
+    loop {
+        let mut fds = vec![
+            libc::pollfd {
+                fd: run.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sigfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if chan_open { run.chan.raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if master_open {
+                    master.unwrap_or(-1)
+                } else {
+                    -1
+                },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if stdin_open { 0 } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let now = Instant::now();
+        let next = match phase {
+            Phase::Running => deadline,
+            Phase::Terminating { kill_at } => Some(kill_at),
+            Phase::Killed => None,
+        };
+        let wait_ms = next.map_or(-1, |d| {
+            d.saturating_duration_since(now)
+                .as_millis()
+                .min(i32::MAX as u128) as i32
+        });
+        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
+        if n < 0 {
+            continue;
+        }
+        // Timeout handling.
+        let now = Instant::now();
+        match phase {
+            Phase::Running if deadline.is_some_and(|d| now >= d) => {
+                timed_out = true;
+                let _ = run.chan.send(&HostMsg::Signal(libc::SIGTERM));
+                phase = Phase::Terminating {
+                    kill_at: now + kill_after,
+                };
+            }
+            Phase::Terminating { kill_at } if now >= kill_at => {
+                // Killing init tears down the whole PID namespace.
+                let _ = sys::pidfd_send_signal(&run.pidfd, libc::SIGKILL);
+                phase = Phase::Killed;
+            }
+            _ => {}
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            while let Some(sig) = sys::read_signal(sigfd) {
+                match (sig, master) {
+                    (libc::SIGWINCH, Some(m)) => tty::copy_window_size(0, m),
+                    _ => {
+                        let _ = run.chan.send(&HostMsg::Signal(sig));
+                    }
+                }
+            }
+        }
+        if fds[2].revents != 0 {
+            match run.chan.fill() {
+                Ok(true) => {}
+                Ok(false) | Err(_) => chan_open = false,
+            }
+            loop {
+                match run.chan.next_msg() {
+                    Ok(Some(InitMsg::Exited(st))) => exited = Some(st),
+                    Ok(Some(other)) => bad_msg = Some(format!("unexpected message {other:?}")),
+                    Ok(None) => break,
+                    Err(e) => {
+                        bad_msg = Some(e.to_string());
+                        chan_open = false;
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(m) = master {
+            if fds[3].revents != 0 && !pump(m, 1) {
+                master_open = false;
+            }
+            if fds[4].revents != 0 && !copy_once(0, m) {
+                stdin_open = false;
+            }
+        }
+        if fds[0].revents != 0 {
+            break;
+        }
+    }
+    if let Some(m) = master {
+        // Everything in the sandbox is gone: drain what is left.
+        let _ = sys::set_nonblocking(m, false);
+        while copy_once(m, 1) {}
+    }
+    let init_status = sys::wait_pidfd(&run.pidfd).unwrap_or(0);
+    let status = match exited {
+        Some(st) => Ok(st),
+        None => Err(match bad_msg {
+            Some(m) => format!("sandbox-init failed: {m}"),
+            None if timed_out => "the command did not stop in time and was killed".into(),
+            None => describe_init_death(init_status),
+        }),
+    };
+    Outcome { status, timed_out }
+}
+
+fn describe_init_death(status: libc::c_int) -> String {
+    if libc::WIFSIGNALED(status) {
+        format!(
+            "sandbox-init died unexpectedly (signal {})",
+            libc::WTERMSIG(status)
+        )
+    } else {
+        format!(
+            "sandbox-init exited unexpectedly (status {})",
+            libc::WEXITSTATUS(status)
+        )
+    }
+}
+
+/// Copy what is readable from a non-blocking `from` to `to`. False once
+/// `from` reached its end (EOF, or EIO: every slave of a pty closed).
+fn pump(from: RawFd, to: RawFd) -> bool {
+    let mut buf = [0u8; 16384];
+    loop {
+        match sys::read(from, &mut buf) {
+            Ok(0) => return false,
+            Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
+            Ok(n) => {
+                if sys::write_all(to, &buf[..n]).is_err() {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// One read and write; false at end of file or error.
+fn copy_once(from: RawFd, to: RawFd) -> bool {
+    let mut buf = [0u8; 16384];
+    match sys::read(from, &mut buf) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => sys::write_all(to, &buf[..n]).is_ok(),
+    }
+}

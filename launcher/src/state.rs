@@ -1,0 +1,93 @@
+//! Per-sandbox runtime state shared by all commands of the launcher.
+//!
+//! For now this is the name registry: a live sandbox holds an abstract
+//! unix socket named after its owner's uid and its name. The kernel frees
+//! the name the instant the launcher exits, however it exits (even
+//! SIGKILL), so a crashed run leaves nothing to clean up and two live
+//! sandboxes of one user can never share a name.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "the sandbox name '{0}' is already in use by a running sandbox; choose another --name"
+    )]
+    NameInUse(String),
+    #[error("cannot register the sandbox name '{name}': {reason}")]
+    Register { name: String, reason: String },
+}
+
+/// Holds a sandbox name for as long as it lives.
+#[derive(Debug)]
+pub struct NameLock {
+    _sock: OwnedFd,
+}
+
+impl NameLock {
+    pub fn acquire(name: &str) -> Result<Self, StateError> {
+        // SAFETY: plain socket(2).
+        let fd =
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+        let err = |e: io::Error| StateError::Register {
+            name: name.into(),
+            reason: crate::errors::io_reason(&e),
+        };
+        if fd < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        // SAFETY: fresh fd owned by nobody else.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let key = format!("sandbox/{uid}/name/{name}");
+        // SAFETY: zeroed sockaddr_un is valid.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        // Abstract namespace: leading NUL byte, then the key.
+        if key.len() + 1 > addr.sun_path.len() {
+            return Err(StateError::Register {
+                name: name.into(),
+                reason: "name too long".into(),
+            });
+        }
+        for (i, b) in key.bytes().enumerate() {
+            addr.sun_path[i + 1] = b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sa_family_t>() + 1 + key.len();
+        // SAFETY: `addr` is a valid sockaddr_un and `len` is within it.
+        let r = unsafe {
+            libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                return Err(StateError::NameInUse(name.into()));
+            }
+            return Err(err(e));
+        }
+        Ok(Self { _sock: sock })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_name_cannot_be_taken_twice() {
+        let n = crate::spec::generate_name();
+        let a = NameLock::acquire(&n).unwrap();
+        assert!(matches!(
+            NameLock::acquire(&n),
+            Err(StateError::NameInUse(_))
+        ));
+        drop(a);
+        NameLock::acquire(&n).unwrap();
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite: the one test command (README), run by .ci/run.
+#
+# Installs what it needs on Debian (apt packages, the musl target,
+# cargo-nextest), then: format and lint checks, unit tests, and the
+# end-to-end tests that start real sandboxes as root and as an
+# unprivileged user.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+need_pkgs=()
+for p in bubblewrap hyperfine util-linux iproute2 procps time; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+if ((${#need_pkgs[@]})); then
+    if [[ $(id -u) -eq 0 ]]; then
+        log "installing ${need_pkgs[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+    else
+        echo "missing Debian packages: ${need_pkgs[*]} (apt-get install them as root)" >&2
+        exit 1
+    fi
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+    log "adding the musl target (sandbox-init is a static binary)"
+    rustup target add x86_64-unknown-linux-musl
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+
+log "format"
+cargo fmt --all -- --check
+log "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+log "build (sandbox, and sandbox-init for musl)"
+cargo build -p sandbox
+cargo build -p sandbox-init --target x86_64-unknown-linux-musl
+log "tests"
+cargo nextest run --workspace --no-fail-fast "$@"
