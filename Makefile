@@ -10,12 +10,13 @@ CARGO ?= cargo
 
 all: build
 
+# Both binaries are static musl executables: no dynamic loader on the
+# start path (see docs/performance.md).
 build:
-	$(CARGO) build --release -p sandbox
-	$(CARGO) build --release -p sandbox-init --target $(MUSL)
+	$(CARGO) build --release -p sandbox -p sandbox-init --target $(MUSL)
 
 install: build
-	install -D -m 0755 target/release/sandbox $(DESTDIR)$(PREFIX)/bin/sandbox
+	install -D -m 0755 target/$(MUSL)/release/sandbox $(DESTDIR)$(PREFIX)/bin/sandbox
 	install -D -m 0755 target/$(MUSL)/release/sandbox-init $(DESTDIR)$(PREFIX)/libexec/sandbox/sandbox-init
 	install -d $(DESTDIR)$(PREFIX)/share/man/man1
 	$(DESTDIR)$(PREFIX)/bin/sandbox man --out-dir $(DESTDIR)$(PREFIX)/share/man/man1

@@ -158,10 +158,16 @@ if [[ -n ${SANDBOX_BIN:-} ]]; then
     log "using prebuilt launcher $sandbox_bin"
 else
     need_cargo
-    log "building the launcher: cargo build --release -p sandbox"
-    (cd "$ROOT" && cargo build --release -p sandbox) ||
+    if have rustup && ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"; then
+        log "adding Rust target $MUSL_TARGET"
+        (cd "$ROOT" && rustup target add "$MUSL_TARGET")
+    fi
+    # The shipped launcher is a static musl binary, like the init (see
+    # docs/performance.md: dynamic linking costs ~1 ms per exec here).
+    log "building the launcher: cargo build --release -p sandbox --target $MUSL_TARGET"
+    (cd "$ROOT" && cargo build --release -p sandbox --target "$MUSL_TARGET") ||
         die "cargo build --release -p sandbox failed (see above); $build_hint"
-    sandbox_bin="$(target_dir)/release/sandbox"
+    sandbox_bin="$(target_dir)/$MUSL_TARGET/release/sandbox"
     [[ -x $sandbox_bin ]] || die "build succeeded but $sandbox_bin does not exist; $build_hint"
 fi
 

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 need_pkgs=()
-for p in bubblewrap hyperfine util-linux iproute2 procps time; do
+for p in bubblewrap hyperfine util-linux iproute2 procps time python3; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then
@@ -43,3 +43,15 @@ cargo build -p sandbox
 cargo build -p sandbox-init --target x86_64-unknown-linux-musl
 log "tests"
 cargo nextest run --workspace --no-fail-fast "$@"
+
+# Fuzz smoke: the hostile-input parsers run for a short while under
+# libFuzzer. cargo-fuzz needs a nightly toolchain; where there is none the
+# step is skipped with a reason (the fuzz targets are still built in
+# development, see fuzz/README.md).
+log "fuzz smoke (proto frames, ${FUZZ_SECONDS:-30}s)"
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+    cargo fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz
+    (cd fuzz && cargo +nightly fuzz run proto_frames -- -max_total_time="${FUZZ_SECONDS:-30}")
+else
+    echo "SKIP: fuzz smoke: no nightly Rust toolchain on this machine (cargo-fuzz needs one)"
+fi
