@@ -6,11 +6,12 @@
 //! every capability of its namespace could not alter the mount table.
 //!
 //! Child steps, after init has written its id maps:
-//! `setsid` (+ controlling pty) -> groups/gid/uid -> `chdir(workdir)` as the
-//! command's user -> `no_new_privs` -> drop every capability (bounding,
-//! ambient, effective/permitted/inheritable) -> default signal dispositions
-//! and an empty mask -> every fd >= 3 close-on-exec -> `execve`, trying each
-//! `PATH` entry like `execvp`.
+//! `setsid` (+ controlling pty) -> keep-caps on, bounding set reduced to the
+//! kept capabilities -> groups/gid/uid -> `chdir(workdir)` as the command's
+//! user -> `no_new_privs` -> effective/permitted/inheritable/ambient set to
+//! exactly the kept capabilities (none by default) -> default signal
+//! dispositions and an empty mask -> every fd >= 3 close-on-exec -> seccomp
+//! filter -> `execve`, trying each `PATH` entry like `execvp`.
 //!
 //! Failures before `execve` travel back on a close-on-exec pipe as
 //! `[kind, errno(4 bytes LE)]`; end of file on that pipe means `execve`
@@ -51,6 +52,7 @@ const K_WORKDIR: u8 = 4;
 const K_PRIVS: u8 = 5;
 const K_EXEC: u8 = 6;
 const K_SYNC: u8 = 7;
+const K_SECCOMP: u8 = 8;
 
 fn kind_step(kind: u8) -> &'static str {
     match kind {
@@ -60,6 +62,7 @@ fn kind_step(kind: u8) -> &'static str {
         K_WORKDIR => "workdir",
         K_PRIVS => "drop-privileges",
         K_SYNC => "sync",
+        K_SECCOMP => "seccomp",
         _ => "exec",
     }
 }
@@ -78,6 +81,9 @@ struct Prepared {
     gid: u32,
     groups: Vec<libc::gid_t>,
     allow_setgroups: bool,
+    /// Capabilities kept, as a bit mask.
+    keep_caps: u64,
+    seccomp: Vec<libc::sock_filter>,
 }
 
 fn prepare(spec: &InitSpec) -> Result<Prepared, SpawnError> {
@@ -138,7 +144,34 @@ fn prepare(spec: &InitSpec) -> Result<Prepared, SpawnError> {
         gid: spec.user.gid,
         groups: spec.user.groups.clone(),
         allow_setgroups: spec.user.allow_setgroups,
+        keep_caps: spec
+            .confine
+            .caps
+            .iter()
+            .filter(|c| **c < 64)
+            .fold(0, |m, c| m | 1 << c),
+        seccomp: decode_seccomp(&spec.confine.seccomp)?,
     })
+}
+
+/// Unpack the launcher's seccomp program (see `sandbox_proto::Confine`).
+fn decode_seccomp(packed: &[u64]) -> Result<Vec<libc::sock_filter>, SpawnError> {
+    // BPF_MAXINSNS: the kernel refuses longer programs anyway.
+    if packed.len() > 4096 {
+        return Err(SpawnError::Setup(
+            StepError::new("seccomp", "", libc::EINVAL)
+                .detail("filter longer than 4096 instructions"),
+        ));
+    }
+    Ok(packed
+        .iter()
+        .map(|w| libc::sock_filter {
+            code: *w as u16,
+            jt: (*w >> 16) as u8,
+            jf: (*w >> 24) as u8,
+            k: (*w >> 32) as u32,
+        })
+        .collect())
 }
 
 fn open_pty(spec: &InitSpec, rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), StepError> {
@@ -317,6 +350,14 @@ fn child_main(p: &Prepared, sync_fd: RawFd, err_fd: RawFd, slave: Option<RawFd>)
                 ok_or_fail(libc::dup2(s, target).into(), err_fd, K_TTY);
             }
         }
+        // Keep the permitted set across the uid change below so that the
+        // capabilities asked for can be kept; all others go now.
+        ok_or_fail(
+            libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0).into(),
+            err_fd,
+            K_PRIVS,
+        );
+        drop_bounding(p.keep_caps, err_fd);
         if p.allow_setgroups {
             ok_or_fail(
                 libc::setgroups(p.groups.len(), p.groups.as_ptr()).into(),
@@ -332,7 +373,12 @@ fn child_main(p: &Prepared, sync_fd: RawFd, err_fd: RawFd, slave: Option<RawFd>)
             err_fd,
             K_PRIVS,
         );
-        drop_capabilities(err_fd);
+        set_capabilities(p.keep_caps, err_fd);
+        ok_or_fail(
+            libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0).into(),
+            err_fd,
+            K_PRIVS,
+        );
         for sig in 1..libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::signal(sig, libc::SIG_DFL);
@@ -342,13 +388,31 @@ fn child_main(p: &Prepared, sync_fd: RawFd, err_fd: RawFd, slave: Option<RawFd>)
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         close_range_cloexec(3);
+        // Last: from here on the filter judges every call, execve included.
+        if !p.seccomp.is_empty() {
+            let prog = libc::sock_fprog {
+                len: p.seccomp.len() as u16,
+                filter: p.seccomp.as_ptr() as *mut libc::sock_filter,
+            };
+            let ret = libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+                0,
+                0,
+            );
+            ok_or_fail(ret.into(), err_fd, K_SECCOMP);
+        }
     }
     exec_candidates(p, err_fd)
 }
 
-/// Drop the bounding and ambient sets, then every capability we hold.
-fn drop_capabilities(err_fd: RawFd) {
-    for cap in 0..=63 {
+/// Drop every capability not in `keep` from the bounding set.
+fn drop_bounding(keep: u64, err_fd: RawFd) {
+    for cap in 0..64u64 {
+        if keep & (1 << cap) != 0 {
+            continue;
+        }
         // SAFETY: PR_CAPBSET_DROP with an integer; EINVAL past the last
         // capability the kernel knows is expected and ignored.
         let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
@@ -356,6 +420,45 @@ fn drop_capabilities(err_fd: RawFd) {
             fail(err_fd, K_PRIVS, sys::errno());
         }
     }
+}
+
+/// Set effective, permitted and inheritable to exactly `keep`, and the
+/// ambient set too, so that the kept capabilities survive `execve` of an
+/// ordinary binary by a non-root user.
+fn set_capabilities(keep: u64, err_fd: RawFd) {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let lo = keep as u32;
+    let hi = (keep >> 32) as u32;
+    let header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [
+        Data {
+            effective: lo,
+            permitted: lo,
+            inheritable: lo,
+        },
+        Data {
+            effective: hi,
+            permitted: hi,
+            inheritable: hi,
+        },
+    ];
+    // SAFETY: capset with a v3 header and two data elements, as required.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    ok_or_fail(ret, err_fd, K_PRIVS);
     // SAFETY: plain prctl.
     let ret = unsafe {
         libc::prctl(
@@ -369,30 +472,15 @@ fn drop_capabilities(err_fd: RawFd) {
     if ret == -1 && sys::errno() != libc::EINVAL {
         fail(err_fd, K_PRIVS, sys::errno());
     }
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
+    for cap in 0..64u64 {
+        if keep & (1 << cap) != 0 {
+            // SAFETY: plain prctl; the capability is permitted and
+            // inheritable, as PR_CAP_AMBIENT_RAISE requires.
+            let ret =
+                unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0) };
+            ok_or_fail(ret.into(), err_fd, K_PRIVS);
+        }
     }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let header = Header {
-        version: 0x2008_0522,
-        pid: 0,
-    };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: capset with a v3 header and two data elements, as required.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
-    ok_or_fail(ret, err_fd, K_PRIVS);
 }
 
 /// Mark every fd >= `from` close-on-exec.

@@ -60,6 +60,17 @@ pub enum NetworkArg {
     Host,
 }
 
+/// Seccomp levels accepted on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeccompArg {
+    /// No filter (reported in the receipt)
+    Off,
+    /// Deny keyrings, bpf, perf, modules, mount API, TIOCSTI, ... (policy/seccomp.toml)
+    Default,
+    /// The default set plus ptrace, personality, unshare, ...
+    Strict,
+}
+
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
     /// Bind a host path: HOST[:DEST][:ro|:rw]; read-only unless :rw
@@ -113,6 +124,15 @@ pub struct RunArgs {
     /// Keep stdin connected (always the case; accepted for docker habits)
     #[arg(short = 'i', long)]
     pub interactive: bool,
+
+    /// Seccomp filter: default (deny dangerous calls), strict, or off
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub seccomp: Option<SeccompArg>,
+
+    /// Keep this capability (inside the sandbox's own user namespace only);
+    /// repeatable. Default: no capabilities at all
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
 
     /// Stop the command after DURATION (e.g. 30s, 5m, 1h30m): SIGTERM,
     /// then SIGKILL after --kill-after; exit status 124

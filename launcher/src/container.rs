@@ -20,8 +20,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use sandbox_proto::{
-    FsSpec, HostMsg, InitMsg, InitSpec, Mount, RootSource, SetupError, SysMode, TtySpec, UserSpec,
-    PROTOCOL_VERSION,
+    Confine, FsSpec, HostMsg, InitMsg, InitSpec, Mount, RootSource, SetupError, SysMode, TtySpec,
+    UserSpec, PROTOCOL_VERSION,
 };
 
 use crate::chan::{ChanError, Channel};
@@ -210,6 +210,10 @@ pub fn init_spec(spec: &Spec, caller_uid: u32) -> InitSpec {
         },
         loopback_up: spec.network == Network::None,
         tty,
+        confine: Confine {
+            caps: spec.cap_add.clone(),
+            seccomp: crate::security::seccomp::encode(spec.seccomp.program()),
+        },
     }
 }
 

@@ -10,6 +10,7 @@ pub mod initbin;
 pub mod profile;
 pub mod receipt;
 pub mod run;
+pub mod security;
 pub mod session;
 pub mod spec;
 pub mod state;

@@ -65,6 +65,11 @@ pub struct Profile {
     pub workdir: Option<Spanned<String>>,
     /// Force a terminal on (`true`) or off (`false`).
     pub tty: Option<bool>,
+    /// `default`, `strict` or `off`.
+    pub seccomp: Option<Spanned<String>>,
+    /// Capabilities kept inside the sandbox's user namespace.
+    #[serde(default)]
+    pub cap_add: Vec<Spanned<String>>,
     /// Durations such as `30s`, `5m`, `1h30m`.
     pub timeout: Option<Spanned<String>>,
     pub kill_after: Option<Spanned<String>>,

@@ -14,6 +14,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::container::namespaces;
+use crate::security::{caps, seccomp};
 use crate::spec::{Network, Spec};
 
 /// What the backend enforced for this run.
@@ -29,12 +30,17 @@ pub fn isolation(spec: &Spec) -> Value {
             "masked_paths": spec.masked,
             "network": spec.network.as_str(),
             "user": { "uid": spec.user.uid, "gid": spec.user.gid },
-            "capabilities": "none",
+            "capabilities": spec.cap_add.iter().map(|c| caps::name(*c)).collect::<Vec<_>>(),
+            "seccomp": {
+                "level": spec.seccomp.as_str(),
+                "denied": spec.seccomp.denied().iter().map(|d| d.name).collect::<Vec<_>>(),
+            },
             "no_new_privs": true,
             "new_session": true,
             "pid1": "sandbox-init",
         },
         "not_enforced": Vec::<String>::new(),
+        "disabled_by_request": if spec.seccomp == seccomp::Level::Off { vec!["seccomp"] } else { vec![] },
     })
 }
 

@@ -10,8 +10,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{NetworkArg, RunArgs};
+use crate::cli::{NetworkArg, RunArgs, SeccompArg};
 use crate::profile::{self, Loaded, ProfileError};
+use crate::security::{caps, seccomp};
 
 /// Paths hidden from every sandbox (kept in sync with `docs/security.md`).
 /// Files get `/dev/null` bound over them, directories an empty tmpfs.
@@ -146,6 +147,9 @@ pub struct Spec {
     pub tty: bool,
     pub timeout: Option<Duration>,
     pub kill_after: Duration,
+    pub seccomp: seccomp::Level,
+    /// Capabilities kept (numbers), sorted and unique.
+    pub cap_add: Vec<u8>,
 }
 
 /// Facts about the caller that resolution depends on (injected so that
@@ -586,6 +590,24 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
 
     let env = resolve_env(args, loaded, caller)?;
 
+    let seccomp = match (args.seccomp, &p.seccomp) {
+        (Some(SeccompArg::Off), _) => seccomp::Level::Off,
+        (Some(SeccompArg::Default), _) => seccomp::Level::Default,
+        (Some(SeccompArg::Strict), _) => seccomp::Level::Strict,
+        (None, Some(s)) => seccomp::Level::parse(s.get_ref())
+            .ok_or_else(|| at(s, "expected \"default\", \"strict\" or \"off\"".into()))?,
+        (None, None) => seccomp::Level::Default,
+    };
+    let mut cap_add = Vec::new();
+    for c in &p.cap_add {
+        cap_add.push(caps::parse(c.get_ref()).map_err(|why| at(c, why))?);
+    }
+    for c in &args.cap_add {
+        cap_add.push(caps::parse(c).map_err(|why| invalid("capability", c, why))?);
+    }
+    cap_add.sort_unstable();
+    cap_add.dedup();
+
     let tty = if args.tty {
         true
     } else if args.no_tty {
@@ -610,6 +632,8 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
         tty,
         timeout,
         kill_after,
+        seccomp,
+        cap_add,
     })
 }
 

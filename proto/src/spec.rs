@@ -27,6 +27,19 @@ pub struct InitSpec {
     pub loopback_up: bool,
     /// Give the command a pty; `None` means it inherits init's stdio.
     pub tty: Option<TtySpec>,
+    /// Confinement applied to the command just before `execve`.
+    pub confine: Confine,
+}
+
+/// Privileges of the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Confine {
+    /// Capabilities kept (numbers); every other one is dropped from all
+    /// sets. Empty: none at all.
+    pub caps: Vec<u8>,
+    /// A classic BPF seccomp program, one instruction per element packed
+    /// as `code | jt << 16 | jf << 24 | k << 32`. Empty: no filter.
+    pub seccomp: Vec<u64>,
 }
 
 /// The command's ids and the user namespace it runs in.
