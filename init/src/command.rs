@@ -31,6 +31,8 @@ pub struct Child {
     pub pid: libc::pid_t,
     /// The pty master when the command has a terminal.
     pub master: Option<OwnedFd>,
+    /// Landlock ABI applied to the command (0: none).
+    pub landlock_abi: u32,
 }
 
 /// Why the command did not start.
@@ -53,6 +55,7 @@ const K_PRIVS: u8 = 5;
 const K_EXEC: u8 = 6;
 const K_SYNC: u8 = 7;
 const K_SECCOMP: u8 = 8;
+const K_LANDLOCK: u8 = 9;
 
 fn kind_step(kind: u8) -> &'static str {
     match kind {
@@ -63,6 +66,7 @@ fn kind_step(kind: u8) -> &'static str {
         K_PRIVS => "drop-privileges",
         K_SYNC => "sync",
         K_SECCOMP => "seccomp",
+        K_LANDLOCK => "landlock",
         _ => "exec",
     }
 }
@@ -84,6 +88,7 @@ struct Prepared {
     /// Capabilities kept, as a bit mask.
     keep_caps: u64,
     seccomp: Vec<libc::sock_filter>,
+    landlock: Option<crate::landlock::Ruleset>,
 }
 
 fn prepare(spec: &InitSpec) -> Result<Prepared, SpawnError> {
@@ -151,6 +156,10 @@ fn prepare(spec: &InitSpec) -> Result<Prepared, SpawnError> {
             .filter(|c| **c < 64)
             .fold(0, |m, c| m | 1 << c),
         seccomp: decode_seccomp(&spec.confine.seccomp)?,
+        landlock: match &spec.confine.landlock {
+            Some(l) => crate::landlock::prepare(l).map_err(SpawnError::Setup)?,
+            None => None,
+        },
     })
 }
 
@@ -281,7 +290,12 @@ pub fn spawn(spec: &InitSpec) -> Result<Child, SpawnError> {
         }
     }
     if got == 0 {
-        return Ok(Child { pid, master });
+        let landlock_abi = prep.landlock.as_ref().map_or(0, |r| r.abi);
+        return Ok(Child {
+            pid,
+            master,
+            landlock_abi,
+        });
     }
     // SAFETY: reaping our own child, which exits right after reporting.
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
@@ -388,6 +402,11 @@ fn child_main(p: &Prepared, sync_fd: RawFd, err_fd: RawFd, slave: Option<RawFd>)
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         close_range_cloexec(3);
+        if let Some(ruleset) = &p.landlock {
+            if let Err(e) = ruleset.restrict() {
+                fail(err_fd, K_LANDLOCK, e);
+            }
+        }
         // Last: from here on the filter judges every call, execve included.
         if !p.seccomp.is_empty() {
             let prog = libc::sock_fprog {

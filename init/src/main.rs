@@ -11,6 +11,7 @@
 
 mod chan;
 mod command;
+mod landlock;
 mod setup;
 mod sys;
 
@@ -99,6 +100,9 @@ fn run() -> i32 {
     let started = InitMsg::Started {
         pid: child.pid,
         pty: child.master.is_some(),
+        enforced: sandbox_proto::Enforced {
+            landlock_abi: child.landlock_abi,
+        },
     };
     if chan::send(&started, child.master.as_ref().map(AsRawFd::as_raw_fd)).is_err() {
         kill_all();

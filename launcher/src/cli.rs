@@ -71,6 +71,17 @@ pub enum SeccompArg {
     Strict,
 }
 
+/// Landlock modes accepted on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LandlockArg {
+    /// Enforce when the kernel supports it; otherwise report it as not enforced
+    Auto,
+    /// Fail the run when the kernel cannot enforce it
+    Require,
+    /// Do not use Landlock (reported in the receipt)
+    Off,
+}
+
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
     /// Bind a host path: HOST[:DEST][:ro|:rw]; read-only unless :rw
@@ -128,6 +139,11 @@ pub struct RunArgs {
     /// Seccomp filter: default (deny dangerous calls), strict, or off
     #[arg(long, value_enum, value_name = "LEVEL")]
     pub seccomp: Option<SeccompArg>,
+
+    /// Landlock: auto (use it when the kernel has it, report when not),
+    /// require (fail without it), or off
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub landlock: Option<LandlockArg>,
 
     /// Keep this capability (inside the sandbox's own user namespace only);
     /// repeatable. Default: no capabilities at all

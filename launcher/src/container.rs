@@ -20,8 +20,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use sandbox_proto::{
-    Confine, FsSpec, HostMsg, InitMsg, InitSpec, Mount, RootSource, SetupError, SysMode, TtySpec,
-    UserSpec, PROTOCOL_VERSION,
+    Confine, Enforced, FsSpec, HostMsg, InitMsg, InitSpec, LandlockSpec, Mount, RootSource,
+    SetupError, SysMode, TtySpec, UserSpec, PROTOCOL_VERSION,
 };
 
 use crate::chan::{ChanError, Channel};
@@ -102,6 +102,8 @@ pub struct Running {
     pub master: Option<OwnedFd>,
     /// The command's pid inside the sandbox.
     pub command_pid: i32,
+    /// What init reported as enforced.
+    pub enforced: Enforced,
 }
 
 /// Kills and reaps init if setup does not complete.
@@ -213,8 +215,38 @@ pub fn init_spec(spec: &Spec, caller_uid: u32) -> InitSpec {
         confine: Confine {
             caps: spec.cap_add.clone(),
             seccomp: crate::security::seccomp::encode(spec.seccomp.program()),
+            landlock: landlock_spec(spec),
         },
     }
+}
+
+/// The Landlock rules matching the mount layout: everything readable,
+/// writable only where a writable mount is.
+fn landlock_spec(spec: &Spec) -> Option<LandlockSpec> {
+    if spec.landlock == crate::spec::Landlock::Off {
+        return None;
+    }
+    let mut write: Vec<Vec<u8>> = ["/tmp", "/run", "/dev/shm"]
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    for m in &spec.mounts {
+        match m {
+            MountSpec::Bind {
+                dst,
+                readonly: false,
+                ..
+            }
+            | MountSpec::Tmpfs { dst, .. } => write.push(bytes(dst)),
+            MountSpec::Bind { .. } => {}
+        }
+    }
+    Some(LandlockSpec {
+        required: spec.landlock == crate::spec::Landlock::Require,
+        read: vec![b"/".to_vec()],
+        write,
+        devices: vec![b"/dev".to_vec(), b"/proc".to_vec()],
+    })
 }
 
 #[repr(C)]
@@ -330,7 +362,7 @@ pub fn start(spec: &Spec) -> Result<Running, StartError> {
 
     chan.send(&HostMsg::Start(Box::new(init_spec(spec, uid))))?;
     match chan.recv()? {
-        InitMsg::Started { pid, pty } => {
+        InitMsg::Started { pid, pty, enforced } => {
             let master = if pty {
                 Some(chan.take_fd().ok_or_else(|| {
                     StartError::Protocol("init reported a pty but sent no fd".into())
@@ -348,6 +380,7 @@ pub fn start(spec: &Spec) -> Result<Running, StartError> {
                 chan,
                 master,
                 command_pid: pid,
+                enforced,
             })
         }
         InitMsg::SetupFailed(e) => Err(StartError::Setup(e)),

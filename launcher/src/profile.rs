@@ -67,6 +67,8 @@ pub struct Profile {
     pub tty: Option<bool>,
     /// `default`, `strict` or `off`.
     pub seccomp: Option<Spanned<String>>,
+    /// `auto`, `require` or `off`.
+    pub landlock: Option<Spanned<String>>,
     /// Capabilities kept inside the sandbox's user namespace.
     #[serde(default)]
     pub cap_add: Vec<Spanned<String>>,

@@ -15,10 +15,36 @@ use serde_json::{json, Value};
 
 use crate::container::namespaces;
 use crate::security::{caps, seccomp};
-use crate::spec::{Network, Spec};
+use crate::spec::{Landlock, Network, Spec};
+use sandbox_proto::Enforced;
 
-/// What the backend enforced for this run.
-pub fn isolation(spec: &Spec) -> Value {
+/// Isolation features asked for that this run could not enforce.
+pub fn not_enforced(spec: &Spec, enforced: Option<&Enforced>) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if let Some(e) = enforced {
+        if spec.landlock != Landlock::Off && e.landlock_abi == 0 {
+            v.push("landlock");
+        }
+    }
+    v
+}
+
+/// What the backend enforced for this run (`enforced` is `None` when the
+/// sandbox never started).
+pub fn isolation(spec: &Spec, enforced: Option<&Enforced>) -> Value {
+    let mut disabled = Vec::new();
+    if spec.seccomp == seccomp::Level::Off {
+        disabled.push("seccomp");
+    }
+    if spec.landlock == Landlock::Off {
+        disabled.push("landlock");
+    }
+    let landlock = match enforced {
+        Some(e) if e.landlock_abi > 0 => {
+            json!({ "abi": e.landlock_abi, "mode": spec.landlock.as_str() })
+        }
+        _ => Value::Null,
+    };
     json!({
         "enforced": {
             "namespaces": namespaces(spec),
@@ -31,6 +57,7 @@ pub fn isolation(spec: &Spec) -> Value {
             "network": spec.network.as_str(),
             "user": { "uid": spec.user.uid, "gid": spec.user.gid },
             "capabilities": spec.cap_add.iter().map(|c| caps::name(*c)).collect::<Vec<_>>(),
+            "landlock": landlock,
             "seccomp": {
                 "level": spec.seccomp.as_str(),
                 "denied": spec.seccomp.denied().iter().map(|d| d.name).collect::<Vec<_>>(),
@@ -39,14 +66,15 @@ pub fn isolation(spec: &Spec) -> Value {
             "new_session": true,
             "pid1": "sandbox-init",
         },
-        "not_enforced": Vec::<String>::new(),
-        "disabled_by_request": if spec.seccomp == seccomp::Level::Off { vec!["seccomp"] } else { vec![] },
+        "not_enforced": not_enforced(spec, enforced),
+        "disabled_by_request": disabled,
     })
 }
 
 #[derive(Debug)]
 pub struct Record<'a> {
     pub spec: Option<&'a Spec>,
+    pub enforced: Option<Enforced>,
     pub name: Option<&'a str>,
     pub argv: &'a [std::ffi::OsString],
     pub exit_code: i32,
@@ -68,7 +96,7 @@ impl Record<'_> {
             "timed_out": self.timed_out,
             "wall_time_ms": (self.wall_time_ms * 1000.0).round() / 1000.0,
             "started_at": self.started_at,
-            "isolation": self.spec.map(isolation),
+            "isolation": self.spec.map(|s| isolation(s, self.enforced.as_ref())),
         })
     }
 }

@@ -49,7 +49,8 @@ pub fn run(args: &RunArgs) -> i32 {
         .map_or(0.0, |d| d.as_secs_f64());
     let caller = Caller::current();
     let mut spec_out = None;
-    let result = run_inner(args, &caller, &mut spec_out);
+    let mut enforced = None;
+    let result = run_inner(args, &caller, &mut spec_out, &mut enforced);
 
     let (code, status, timed_out) = match &result {
         Ok(o) => outcome_code(o),
@@ -72,6 +73,7 @@ pub fn run(args: &RunArgs) -> i32 {
     }
     let record = Record {
         spec: spec_out.as_ref(),
+        enforced,
         name: spec_out.as_ref().map(|s: &Spec| s.name.as_str()),
         argv: &args.command,
         exit_code: code,
@@ -116,6 +118,7 @@ fn run_inner(
     args: &RunArgs,
     caller: &Caller,
     spec_out: &mut Option<Spec>,
+    enforced: &mut Option<sandbox_proto::Enforced>,
 ) -> Result<Outcome, RunError> {
     if let Some(fd) = args.json_status_fd {
         if fd < 0 || !sys::is_fd_open(fd) {
@@ -133,6 +136,13 @@ fn run_inner(
         .as_ref()
         .ok_or(RunError::Signals("no spec".into()))?;
     let mut running = container::start(spec)?;
+    *enforced = Some(running.enforced);
+    for feature in receipt::not_enforced(spec, Some(&running.enforced)) {
+        eprintln!(
+            "sandbox: warning: {feature} is not available on this host and is not enforced \
+             (see `sandbox doctor`; use --{feature} require to refuse running without it)"
+        );
+    }
     let _raw = match running.master {
         Some(_) if tty::is_tty(0) => tty::RawMode::enable(0),
         _ => None,

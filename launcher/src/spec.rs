@@ -10,7 +10,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{NetworkArg, RunArgs, SeccompArg};
+use crate::cli::{LandlockArg, NetworkArg, RunArgs, SeccompArg};
 use crate::profile::{self, Loaded, ProfileError};
 use crate::security::{caps, seccomp};
 
@@ -91,6 +91,26 @@ fn invalid(what: &'static str, value: impl AsRef<OsStr>, why: impl Into<String>)
     }
 }
 
+/// Landlock modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Landlock {
+    Off,
+    /// Enforce when available; report when not.
+    Auto,
+    /// Fail closed without it.
+    Require,
+}
+
+impl Landlock {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Landlock::Off => "off",
+            Landlock::Auto => "auto",
+            Landlock::Require => "require",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Network {
     None,
@@ -148,6 +168,7 @@ pub struct Spec {
     pub timeout: Option<Duration>,
     pub kill_after: Duration,
     pub seccomp: seccomp::Level,
+    pub landlock: Landlock,
     /// Capabilities kept (numbers), sorted and unique.
     pub cap_add: Vec<u8>,
 }
@@ -598,6 +619,18 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
             .ok_or_else(|| at(s, "expected \"default\", \"strict\" or \"off\"".into()))?,
         (None, None) => seccomp::Level::Default,
     };
+    let landlock = match (args.landlock, &p.landlock) {
+        (Some(LandlockArg::Off), _) => Landlock::Off,
+        (Some(LandlockArg::Auto), _) => Landlock::Auto,
+        (Some(LandlockArg::Require), _) => Landlock::Require,
+        (None, Some(s)) => match s.get_ref().as_str() {
+            "off" => Landlock::Off,
+            "auto" => Landlock::Auto,
+            "require" => Landlock::Require,
+            _ => return Err(at(s, "expected \"auto\", \"require\" or \"off\"".into())),
+        },
+        (None, None) => Landlock::Auto,
+    };
     let mut cap_add = Vec::new();
     for c in &p.cap_add {
         cap_add.push(caps::parse(c.get_ref()).map_err(|why| at(c, why))?);
@@ -633,6 +666,7 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
         timeout,
         kill_after,
         seccomp,
+        landlock,
         cap_add,
     })
 }

@@ -51,7 +51,11 @@ pub enum InitMsg {
     /// The command was executed successfully. When `pty` is true the
     /// namespace backend attaches the pty master fd to this frame
     /// (`SCM_RIGHTS`).
-    Started { pid: i32, pty: bool },
+    Started {
+        pid: i32,
+        pty: bool,
+        enforced: Enforced,
+    },
     /// A setup step failed; init exits after sending this.
     SetupFailed(SetupError),
     /// The command could not be executed (exit status 126/127).
@@ -62,6 +66,13 @@ pub enum InitMsg {
     },
     /// The command ended; every other process in the sandbox is gone.
     Exited(ExitStatus),
+}
+
+/// What init could enforce, where the host kernel decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Enforced {
+    /// Landlock ABI version applied; 0 when Landlock was not applied.
+    pub landlock_abi: u32,
 }
 
 /// How the command ended.

@@ -40,6 +40,22 @@ pub struct Confine {
     /// A classic BPF seccomp program, one instruction per element packed
     /// as `code | jt << 16 | jf << 24 | k << 32`. Empty: no filter.
     pub seccomp: Vec<u64>,
+    /// Landlock rules; `None`: Landlock off.
+    pub landlock: Option<LandlockSpec>,
+}
+
+/// The filesystem view enforced a second time with Landlock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LandlockSpec {
+    /// Fail the run when the kernel has no usable Landlock (else it is
+    /// reported as not enforced).
+    pub required: bool,
+    /// Paths (inside the sandbox) that may be read and executed.
+    pub read: Vec<Vec<u8>>,
+    /// Paths where files may also be written, created and removed.
+    pub write: Vec<Vec<u8>>,
+    /// Device paths: read, write and device ioctls, no creation.
+    pub devices: Vec<Vec<u8>>,
 }
 
 /// The command's ids and the user namespace it runs in.
