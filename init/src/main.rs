@@ -140,18 +140,17 @@ fn detach_stdio() {
     }
 }
 
+/// End every other process of the sandbox and reap them all.
 fn kill_all() {
-    // As PID 1 of the namespace, kill(-1) reaches every other process in it.
-    // SAFETY: plain kill.
-    unsafe { libc::kill(-1, libc::SIGKILL) };
-    reap_all_blocking();
-}
-
-fn reap_all_blocking() {
     loop {
+        // As PID 1 of the namespace, kill(-1) reaches every other process
+        // in it. Repeated before each wait so that nothing forked while
+        // the previous round was delivered (a fork bomb) survives.
+        // SAFETY: plain kill.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
         // SAFETY: waitpid with a null status pointer.
         let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) };
-        if r < 0 && sys::errno() != libc::EINTR {
+        if r < 0 && sys::errno() == libc::ECHILD {
             break;
         }
     }

@@ -5,6 +5,8 @@
 //! `docs/design.md` ("Namespace backend: setup steps"); each failure names
 //! its step, the path and the errno.
 //!
+//! 0. `cgroupns`: a new cgroup namespace, rooted at the sandbox's cgroup
+//!    (the launcher placed init there before letting it run).
 //! 1. `make-private`: `/` recursively private, nothing propagates out.
 //! 2. `bind-root`: the host `/` bound recursively onto the staging dir.
 //! 3. `root-readonly`: that whole tree read-only, nosuid, nodev
@@ -91,6 +93,10 @@ fn c(step: &'static str, bytes: &[u8]) -> StepResult<std::ffi::CString> {
 /// Build the whole filesystem view and switch into it (steps 1-13).
 pub fn build_root(spec: &InitSpec) -> StepResult {
     let fs = &spec.fs;
+    // 0. cgroupns
+    // SAFETY: plain unshare(2).
+    sys::check(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }.into())
+        .map_err(|e| StepError::new("cgroupns", "", e))?;
     // 1. make-private
     step_mount("make-private", None, c"/", None, MS_PRIVATE_REC, None)?;
 

@@ -10,6 +10,7 @@ pub const EXIT_CODES_HELP: &str = "\
 EXIT STATUS:
   N        the command's own exit status (0-255)
   128+N    the command was killed by signal N
+  123      the sandbox exceeded its --memory limit and was killed
   124      --timeout expired and the command was stopped
   125      the sandbox itself failed (a one-line reason is printed)
   126      the command was found but could not be executed
@@ -135,6 +136,23 @@ pub struct RunArgs {
     /// Keep stdin connected (always the case; accepted for docker habits)
     #[arg(short = 'i', long)]
     pub interactive: bool,
+
+    /// Memory limit of the whole sandbox, swap included (e.g. 512m, 2g);
+    /// exceeding it kills the sandbox (exit status 123)
+    #[arg(short = 'm', long, value_name = "SIZE")]
+    pub memory: Option<String>,
+
+    /// CPU bandwidth limit in CPUs, fractions allowed (e.g. 0.5, 2)
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+
+    /// Maximum number of processes and threads in the sandbox
+    #[arg(long, value_name = "N")]
+    pub pids: Option<String>,
+
+    /// Relative I/O weight, 1-10000 (default 100)
+    #[arg(long = "io-weight", value_name = "N")]
+    pub io_weight: Option<String>,
 
     /// Seccomp filter: default (deny dangerous calls), strict, or off
     #[arg(long, value_enum, value_name = "LEVEL")]

@@ -3,12 +3,14 @@
 //!
 //! Launcher side of the setup (init's side is in `init/src/setup.rs`):
 //! 1. open `sandbox-init` (`O_PATH`) and a control `socketpair`;
-//! 2. `clone3(CLONE_NEWUSER | NEWNS | NEWPID | NEWIPC | NEWUTS | NEWCGROUP
-//!    [| NEWNET], CLONE_PIDFD)`; the child sets `PR_SET_PDEATHSIG` and
-//!    waits for a go byte;
+//! 2. `clone3(CLONE_NEWUSER | NEWNS | NEWPID | NEWIPC | NEWUTS [| NEWNET],
+//!    CLONE_PIDFD)`; the child sets `PR_SET_PDEATHSIG` and waits for a go
+//!    byte;
 //! 3. the launcher writes the child's `setgroups`, `gid_map`, `uid_map`
 //!    (rootless: its own uid/gid as root of the namespace; as root: the
-//!    identity map), then sends the go byte;
+//!    identity map), moves it into the sandbox cgroup when there is one
+//!    (init creates the cgroup namespace itself, once inside), then sends
+//!    the go byte;
 //! 4. the child moves the channel to fd 3, closes every other fd except
 //!    stdio and `execveat`s init with an empty environment;
 //! 5. init says `Hello`; the launcher sends `Start(InitSpec)`; init answers
@@ -263,7 +265,7 @@ struct CloneArgs {
 
 /// Start a sandbox for `spec` and its command. On any failure nothing is
 /// left running.
-pub fn start(spec: &Spec) -> Result<Running, StartError> {
+pub fn start(spec: &Spec, cgroup: Option<&crate::cgroup::Cgroup>) -> Result<Running, StartError> {
     // SAFETY: no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let (init_fd, init_path) = initbin::open()?;
@@ -274,7 +276,6 @@ pub fn start(spec: &Spec) -> Result<Running, StartError> {
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWCGROUP
         | libc::CLONE_PIDFD;
     if spec.network == Network::None {
         flags |= libc::CLONE_NEWNET;
@@ -333,6 +334,12 @@ pub fn start(spec: &Spec) -> Result<Running, StartError> {
         what: "cannot write the user namespace id maps",
         reason: crate::errors::io_reason(&e),
     })?;
+    if let Some(cg) = cgroup {
+        cg.add(init_pid).map_err(|e| StartError::Sys {
+            what: "cannot move the sandbox into its cgroup",
+            reason: e.to_string(),
+        })?;
+    }
     sys::write_all(parent_end.as_raw_fd(), b"g").map_err(sys_err("control channel"))?;
     let mut chan = Channel::new(parent_end);
 

@@ -4,6 +4,7 @@
 //! |--------|---------|
 //! | 0-255  | the command's own exit status |
 //! | 128+N  | the command was killed by signal N |
+//! | 123    | the sandbox exceeded its memory limit and was killed |
 //! | 124    | `--timeout` expired; the command was stopped |
 //! | 125    | the sandbox itself failed (one-line reason on stderr) |
 //! | 126    | the command exists but could not be executed |
@@ -11,6 +12,8 @@
 //!
 //! The same table is in the README, `sandbox --help` and the man page.
 
+/// The sandbox ran out of memory (its `--memory` limit) and was killed.
+pub const EXIT_OOM: i32 = 123;
 /// `--timeout` expired.
 pub const EXIT_TIMEOUT: i32 = 124;
 /// The sandbox failed (bad input, setup failure, init died).

@@ -2,6 +2,7 @@
 //! map; the binary (`main.rs`) only parses the command line and maps the
 //! result to an exit status.
 
+pub mod cgroup;
 pub mod chan;
 pub mod cli;
 pub mod container;

@@ -60,6 +60,9 @@ the command's own exit status
 .B 128+N
 the command was killed by signal N
 .TP
+.B 123
+the sandbox exceeded its \-\-memory limit and was killed (out of memory)
+.TP
 .B 124
 \-\-timeout expired; the command was stopped (SIGTERM, then SIGKILL after \-\-kill\-after)
 .TP

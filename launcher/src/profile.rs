@@ -85,6 +85,23 @@ pub struct Profile {
     pub env: EnvSection,
     #[serde(default)]
     pub filesystem: FsSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Size such as `512m`.
+    pub memory: Option<Spanned<String>>,
+    /// CPUs as a string or number (`"1.5"`, `2`).
+    pub cpus: Option<Spanned<toml::Value>>,
+    pub pids: Option<Spanned<i64>>,
+    pub io_weight: Option<Spanned<i64>>,
+    /// `require` (default: fail when a limit cannot be enforced) or
+    /// `best-effort` (run, and report it on stderr and in the receipt).
+    pub enforce: Option<Spanned<String>>,
 }
 
 /// `[env]`

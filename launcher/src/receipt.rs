@@ -75,6 +75,8 @@ pub fn isolation(spec: &Spec, enforced: Option<&Enforced>) -> Value {
 pub struct Record<'a> {
     pub spec: Option<&'a Spec>,
     pub enforced: Option<Enforced>,
+    /// Limits in force and resource usage (`None`: no cgroup was used).
+    pub cgroup: Option<Value>,
     pub name: Option<&'a str>,
     pub argv: &'a [std::ffi::OsString],
     pub exit_code: i32,
@@ -97,6 +99,7 @@ impl Record<'_> {
             "wall_time_ms": (self.wall_time_ms * 1000.0).round() / 1000.0,
             "started_at": self.started_at,
             "isolation": self.spec.map(|s| isolation(s, self.enforced.as_ref())),
+            "resources": self.cgroup,
         })
     }
 }

@@ -5,9 +5,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use crate::cgroup::{Cgroup, CgroupError, Usage};
 use crate::cli::RunArgs;
 use crate::container::{self, StartError};
-use crate::errors::{signal_status, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SANDBOX, EXIT_TIMEOUT};
+use crate::errors::{
+    signal_status, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_OOM, EXIT_SANDBOX, EXIT_TIMEOUT,
+};
 use crate::receipt::{self, Record};
 use crate::session::{self, Outcome};
 use crate::spec::{self, Caller, Spec, SpecError};
@@ -23,6 +26,8 @@ pub enum RunError {
     State(#[from] StateError),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
     #[error("invalid --json-status-fd {0}: not an open file descriptor")]
     StatusFd(i32),
     #[error("cannot set up signal handling: {0}")]
@@ -49,8 +54,8 @@ pub fn run(args: &RunArgs) -> i32 {
         .map_or(0.0, |d| d.as_secs_f64());
     let caller = Caller::current();
     let mut spec_out = None;
-    let mut enforced = None;
-    let result = run_inner(args, &caller, &mut spec_out, &mut enforced);
+    let mut ctx = RunCtx::default();
+    let result = run_inner(args, &caller, &mut spec_out, &mut ctx);
 
     let (code, status, timed_out) = match &result {
         Ok(o) => outcome_code(o),
@@ -67,13 +72,20 @@ pub fn run(args: &RunArgs) -> i32 {
         eprintln!("sandbox: {reason}");
     }
     if let Ok(o) = &result {
-        if o.timed_out {
+        if o.oom {
+            let limit = spec_out.as_ref().and_then(|s| s.limits.memory).unwrap_or(0);
+            eprintln!(
+                "sandbox: out of memory: the sandbox exceeded its memory limit ({limit} bytes) \
+                 and was killed"
+            );
+        } else if o.timed_out {
             eprintln!("sandbox: timed out; the command was stopped");
         }
     }
     let record = Record {
         spec: spec_out.as_ref(),
-        enforced,
+        enforced: ctx.enforced,
+        cgroup: ctx.cgroup_info,
         name: spec_out.as_ref().map(|s: &Spec| s.name.as_str()),
         argv: &args.command,
         exit_code: code,
@@ -101,13 +113,26 @@ pub fn run(args: &RunArgs) -> i32 {
     code
 }
 
+/// What the run learned along the way, for the receipt.
+#[derive(Debug, Default)]
+struct RunCtx {
+    enforced: Option<sandbox_proto::Enforced>,
+    cgroup_info: Option<Value>,
+}
+
 fn outcome_code(o: &Outcome) -> (i32, Value, bool) {
     let (code, status) = match &o.status {
         Ok(ExitStatus::Code(c)) => (*c, json!({ "exited": c })),
         Ok(ExitStatus::Signal(s)) => (signal_status(*s), json!({ "signaled": s })),
         Err(reason) => (EXIT_SANDBOX, json!({ "error": reason })),
     };
-    if o.timed_out {
+    if o.oom {
+        (
+            EXIT_OOM,
+            json!({ "out_of_memory": true, "detail": status }),
+            o.timed_out,
+        )
+    } else if o.timed_out {
         (EXIT_TIMEOUT, status, true)
     } else {
         (code, status, false)
@@ -118,7 +143,7 @@ fn run_inner(
     args: &RunArgs,
     caller: &Caller,
     spec_out: &mut Option<Spec>,
-    enforced: &mut Option<sandbox_proto::Enforced>,
+    ctx: &mut RunCtx,
 ) -> Result<Outcome, RunError> {
     if let Some(fd) = args.json_status_fd {
         if fd < 0 || !sys::is_fd_open(fd) {
@@ -135,8 +160,25 @@ fn run_inner(
     let spec = spec_out
         .as_ref()
         .ok_or(RunError::Signals("no spec".into()))?;
-    let mut running = container::start(spec)?;
-    *enforced = Some(running.enforced);
+    let cgroup = if spec.limits.is_empty() {
+        None
+    } else {
+        Some(Cgroup::create(
+            &spec.name,
+            &spec.limits,
+            spec.limits_best_effort,
+        )?)
+    };
+    if let Some(cg) = &cgroup {
+        for what in &cg.not_enforced {
+            eprintln!(
+                "sandbox: warning: the {what} limit cannot be enforced on this host and is not \
+                 (the profile allows best-effort limits)"
+            );
+        }
+    }
+    let mut running = container::start(spec, cgroup.as_ref())?;
+    ctx.enforced = Some(running.enforced);
     for feature in receipt::not_enforced(spec, Some(&running.enforced)) {
         eprintln!(
             "sandbox: warning: {feature} is not available on this host and is not enforced \
@@ -147,10 +189,22 @@ fn run_inner(
         Some(_) if tty::is_tty(0) => tty::RawMode::enable(0),
         _ => None,
     };
-    Ok(session::supervise(
+    let outcome = session::supervise(
         &mut running,
         &sigfd,
         spec.timeout,
         spec.kill_after,
-    ))
+        cgroup.as_ref(),
+    );
+    if let Some(cg) = &cgroup {
+        let usage: Usage = cg.usage();
+        ctx.cgroup_info = Some(json!({
+            "version": cg.layout(),
+            "path": cg.path(),
+            "limits": cg.enforced,
+            "not_enforced": cg.not_enforced,
+            "usage": usage,
+        }));
+    }
+    Ok(outcome)
 }

@@ -32,6 +32,8 @@ pub struct Outcome {
     /// The command's status, or why none was reported.
     pub status: Result<ExitStatus, String>,
     pub timed_out: bool,
+    /// The sandbox exceeded its memory limit and was killed.
+    pub oom: bool,
 }
 
 enum Phase {
@@ -46,7 +48,10 @@ pub fn supervise(
     sigfd: &OwnedFd,
     timeout: Option<Duration>,
     kill_after: Duration,
+    cgroup: Option<&crate::cgroup::Cgroup>,
 ) -> Outcome {
+    let oom_poll = cgroup.and_then(|c| c.oom_poll());
+    let mut oom = false;
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut phase = Phase::Running;
     let mut timed_out = false;
@@ -89,6 +94,15 @@ pub fn supervise(
             libc::pollfd {
                 fd: if stdin_open { 0 } else { -1 },
                 events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if oom {
+                    -1
+                } else {
+                    oom_poll.map_or(-1, |o| o.0)
+                },
+                events: oom_poll.map_or(0, |o| o.1),
                 revents: 0,
             },
         ];
@@ -161,6 +175,11 @@ pub fn supervise(
                 stdin_open = false;
             }
         }
+        if fds[5].revents != 0 && cgroup.is_some_and(|c| c.oom_fired()) {
+            // One process was OOM-killed: the whole sandbox goes with it.
+            oom = true;
+            let _ = sys::pidfd_send_signal(&run.pidfd, libc::SIGKILL);
+        }
         if fds[0].revents != 0 {
             break;
         }
@@ -171,6 +190,8 @@ pub fn supervise(
         while copy_once(m, 1) {}
     }
     let init_status = sys::wait_pidfd(&run.pidfd).unwrap_or(0);
+    // An OOM kill that ended the command before the event was seen.
+    oom = oom || cgroup.is_some_and(|c| c.usage().oom_kills > 0);
     let status = match exited {
         Some(st) => Ok(st),
         None => Err(match bad_msg {
@@ -179,7 +200,11 @@ pub fn supervise(
             None => describe_init_death(init_status),
         }),
     };
-    Outcome { status, timed_out }
+    Outcome {
+        status,
+        timed_out,
+        oom,
+    }
 }
 
 fn describe_init_death(status: libc::c_int) -> String {

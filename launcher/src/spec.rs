@@ -171,6 +171,46 @@ pub struct Spec {
     pub landlock: Landlock,
     /// Capabilities kept (numbers), sorted and unique.
     pub cap_add: Vec<u8>,
+    pub limits: crate::cgroup::Limits,
+    /// Run even when a limit cannot be enforced (reported).
+    pub limits_best_effort: bool,
+}
+
+/// Parse `--cpus`: a positive number of CPUs, fractions allowed.
+pub fn parse_cpus(s: &str) -> Result<f64, String> {
+    const ACCEPTED: &str = "expected a number of CPUs between 0.01 and 1024, such as 0.5 or 2";
+    let v: f64 = s.trim().parse().map_err(|_| ACCEPTED.to_string())?;
+    if !(0.01..=1024.0).contains(&v) || !v.is_finite() {
+        return Err(ACCEPTED.into());
+    }
+    Ok(v)
+}
+
+fn parse_bounded(s: &str, lo: u64, hi: u64, what: &str) -> Result<u64, String> {
+    let accepted = format!("expected {what} between {lo} and {hi}");
+    match s.trim().parse::<u64>() {
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        _ => Err(accepted),
+    }
+}
+
+/// Parse `--pids`.
+pub fn parse_pids(s: &str) -> Result<u64, String> {
+    parse_bounded(s, 1, 4_194_304, "a number of processes")
+}
+
+/// Parse `--io-weight`.
+pub fn parse_io_weight(s: &str) -> Result<u16, String> {
+    parse_bounded(s, 1, 10_000, "a weight").map(|v| v as u16)
+}
+
+/// Parse `--memory`: a size of at least 1 MiB.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let v = parse_size(s)?;
+    if v < 1 << 20 {
+        return Err("must be at least 1m (1 MiB)".into());
+    }
+    Ok(v)
 }
 
 /// Facts about the caller that resolution depends on (injected so that
@@ -631,6 +671,15 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
         },
         (None, None) => Landlock::Auto,
     };
+    let limits = resolve_limits(args, loaded)?;
+    let limits_best_effort = match &p.limits.enforce {
+        None => false,
+        Some(e) => match e.get_ref().as_str() {
+            "require" => false,
+            "best-effort" => true,
+            _ => return Err(at(e, "expected \"require\" or \"best-effort\"".into())),
+        },
+    };
     let mut cap_add = Vec::new();
     for c in &p.cap_add {
         cap_add.push(caps::parse(c.get_ref()).map_err(|why| at(c, why))?);
@@ -668,6 +717,59 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
         seccomp,
         landlock,
         cap_add,
+        limits,
+        limits_best_effort,
+    })
+}
+
+fn resolve_limits(args: &RunArgs, loaded: &Loaded) -> Result<crate::cgroup::Limits, SpecError> {
+    let l = &loaded.profile.limits;
+    let at = |span: std::ops::Range<usize>, v: String, why: String| -> SpecError {
+        loaded
+            .error_at(span, format!("invalid value '{v}': {why}"))
+            .into()
+    };
+    let memory = match (&args.memory, &l.memory) {
+        (Some(m), _) => Some(parse_memory(m).map_err(|why| invalid("memory", m, why))?),
+        (None, Some(m)) => {
+            Some(parse_memory(m.get_ref()).map_err(|why| at(m.span(), m.get_ref().clone(), why))?)
+        }
+        (None, None) => None,
+    };
+    let cpus = match (&args.cpus, &l.cpus) {
+        (Some(c), _) => Some(parse_cpus(c).map_err(|why| invalid("cpus", c, why))?),
+        (None, Some(c)) => {
+            let text = match c.get_ref() {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => other.to_string(),
+            };
+            Some(parse_cpus(&text).map_err(|why| at(c.span(), text.clone(), why))?)
+        }
+        (None, None) => None,
+    };
+    let pids = match (&args.pids, &l.pids) {
+        (Some(p), _) => Some(parse_pids(p).map_err(|why| invalid("pids", p, why))?),
+        (None, Some(p)) => {
+            let t = p.get_ref().to_string();
+            Some(parse_pids(&t).map_err(|why| at(p.span(), t.clone(), why))?)
+        }
+        (None, None) => None,
+    };
+    let io_weight = match (&args.io_weight, &l.io_weight) {
+        (Some(w), _) => Some(parse_io_weight(w).map_err(|why| invalid("io-weight", w, why))?),
+        (None, Some(w)) => {
+            let t = w.get_ref().to_string();
+            Some(parse_io_weight(&t).map_err(|why| at(w.span(), t.clone(), why))?)
+        }
+        (None, None) => None,
+    };
+    Ok(crate::cgroup::Limits {
+        memory,
+        cpus,
+        pids,
+        io_weight,
     })
 }
 
