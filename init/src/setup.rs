@@ -99,6 +99,16 @@ pub fn build_root(spec: &InitSpec) -> StepResult {
         .map_err(|e| StepError::new("cgroupns", "", e))?;
     // 1. make-private
     step_mount("make-private", None, c"/", None, MS_PRIVATE_REC, None)?;
+    // Volume sources are host paths: open them now, before step 2 covers
+    // the staging directory (e.g. /tmp) with the new root.
+    let sources: Vec<Option<OwnedFd>> = fs
+        .mounts
+        .iter()
+        .map(|m| match m {
+            Mount::Bind { src, .. } => open_source(src).map(Some),
+            Mount::Tmpfs { .. } => Ok(None),
+        })
+        .collect::<StepResult<_>>()?;
 
     // 2. bind-root
     let stage = pick_staging()?;
@@ -160,10 +170,15 @@ pub fn build_root(spec: &InitSpec) -> StepResult {
     }
 
     // 8. volumes
-    for m in &fs.mounts {
-        match m {
-            Mount::Bind { src, dst, readonly } => bind_volume(&root, src, dst, *readonly)?,
-            Mount::Tmpfs { dst, size, mode } => {
+    for (m, src_fd) in fs.mounts.iter().zip(&sources) {
+        match (m, src_fd) {
+            (Mount::Bind { dst, readonly, .. }, Some(src_fd)) => {
+                bind_volume(&root, src_fd, dst, *readonly)?
+            }
+            (Mount::Bind { src, .. }, None) => {
+                return Err(StepError::new("volumes", src, libc::EBADF))
+            }
+            (Mount::Tmpfs { dst, size, mode }, _) => {
                 let dir = resolve_or_create(&root, dst, true, "volumes")?;
                 mount_tmpfs_at(&dir, "volumes", dst, *size, *mode)?;
             }
@@ -329,17 +344,20 @@ fn mount_tmpfs_at(
     .map_err(|e| StepError::new(step, dst, e))
 }
 
-fn bind_volume(root: &OwnedFd, src: &[u8], dst: &[u8], readonly: bool) -> StepResult {
+/// Open a volume source in the host view (`O_PATH`).
+fn open_source(src: &[u8]) -> StepResult<OwnedFd> {
     let src_c = c("volumes", src)?;
-    // The source is a host path, resolved in the host view (before the
-    // root switch); its type decides whether the destination is a dir.
-    let src_fd = sys::open(&src_c, libc::O_PATH)
-        .map_err(|e| StepError::new("volumes", src, e).detail("volume source"))?;
-    let st = sys::fstat(src_fd.as_raw_fd()).map_err(|e| StepError::new("volumes", src, e))?;
+    sys::open(&src_c, libc::O_PATH)
+        .map_err(|e| StepError::new("volumes", src, e).detail("volume source"))
+}
+
+fn bind_volume(root: &OwnedFd, src_fd: &OwnedFd, dst: &[u8], readonly: bool) -> StepResult {
+    // The source's type decides whether the destination is a directory.
+    let st = sys::fstat(src_fd.as_raw_fd()).map_err(|e| StepError::new("volumes", dst, e))?;
     let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
     let dst_fd = resolve_or_create(root, dst, is_dir, "volumes")?;
     sys::mount(
-        Some(&sys::fd_path(&src_fd)),
+        Some(&sys::fd_path(src_fd)),
         &sys::fd_path(&dst_fd),
         None,
         libc::MS_BIND | libc::MS_REC,

@@ -39,6 +39,12 @@ pub enum Command {
     /// Run COMMAND in a new sandbox and wait for it
     #[command(after_help = EXIT_CODES_HELP)]
     Run(RunArgs),
+    /// Report which isolation features this host can enforce, and why not
+    Doctor {
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script to stdout
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -163,8 +169,9 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "MODE")]
     pub landlock: Option<LandlockArg>,
 
-    /// Keep this capability (inside the sandbox's own user namespace only);
-    /// repeatable. Default: no capabilities at all
+    /// Keep this capability in the command's user namespace; repeatable.
+    /// Default: none. As root every host uid is mapped into the sandbox,
+    /// so a kept capability applies to all files visible inside
     #[arg(long = "cap-add", value_name = "CAP")]
     pub cap_add: Vec<String>,
 
@@ -193,6 +200,53 @@ pub struct RunArgs {
     /// The command and its arguments
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+
+    /// The order in which the mount options were typed (filled from the
+    /// parser's argument indices; empty means "grouped by option").
+    #[arg(skip)]
+    pub mount_order: Vec<MountOpt>,
+}
+
+/// One mount option occurrence: which option and its position among the
+/// values of that option (for `--bind`/`--ro-bind`, the pair number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountOpt {
+    Volume(usize),
+    Bind(usize),
+    RoBind(usize),
+    Tmpfs(usize),
+}
+
+impl RunArgs {
+    /// Mount options in the order they apply.
+    pub fn ordered_mounts(&self) -> Vec<MountOpt> {
+        if !self.mount_order.is_empty() {
+            return self.mount_order.clone();
+        }
+        let mut v: Vec<MountOpt> = (0..self.volume.len()).map(MountOpt::Volume).collect();
+        v.extend((0..self.bind.len() / 2).map(MountOpt::Bind));
+        v.extend((0..self.ro_bind.len() / 2).map(MountOpt::RoBind));
+        v.extend((0..self.tmpfs.len()).map(MountOpt::Tmpfs));
+        v
+    }
+}
+
+/// Recover the typed order of mount options from the parser's indices.
+pub fn mount_order(m: &clap::ArgMatches) -> Vec<MountOpt> {
+    let mut seen: Vec<(usize, MountOpt)> = Vec::new();
+    let mut add = |id: &str, step: usize, make: fn(usize) -> MountOpt| {
+        if let Some(idx) = m.indices_of(id) {
+            for (n, index) in idx.enumerate().filter(|(n, _)| n % step == 0) {
+                seen.push((index, make(n / step)));
+            }
+        }
+    };
+    add("volume", 1, MountOpt::Volume);
+    add("bind", 2, MountOpt::Bind);
+    add("ro_bind", 2, MountOpt::RoBind);
+    add("tmpfs", 1, MountOpt::Tmpfs);
+    seen.sort_by_key(|(i, _)| *i);
+    seen.into_iter().map(|(_, o)| o).collect()
 }
 
 #[cfg(test)]
@@ -215,6 +269,36 @@ mod tests {
         assert_eq!(r.command, ["ls", "-l", "--tty"]);
         assert!(!r.tty);
         assert_eq!(r.env, ["A=1"]);
+    }
+
+    #[test]
+    fn mount_options_keep_their_order() {
+        let argv = [
+            "sandbox",
+            "run",
+            "--tmpfs",
+            "/mnt",
+            "-v",
+            "/etc:/mnt/e",
+            "--ro-bind",
+            "/a",
+            "/b",
+            "-v",
+            "/x",
+            "--",
+            "true",
+        ];
+        let m = Cli::command().get_matches_from(argv);
+        let (_, run) = m.subcommand().unwrap();
+        assert_eq!(
+            mount_order(run),
+            [
+                MountOpt::Tmpfs(0),
+                MountOpt::Volume(0),
+                MountOpt::RoBind(0),
+                MountOpt::Volume(1)
+            ]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod chan;
 pub mod cli;
 pub mod container;
+pub mod doctor;
 pub mod errors;
 pub mod initbin;
 pub mod profile;

@@ -3,16 +3,17 @@
 use std::io::Write;
 use std::path::Path;
 
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 
 use sandbox::cli::{Cli, Command};
 use sandbox::errors::EXIT_SANDBOX;
 
 fn main() {
     ensure_stdio();
-    let code = match Cli::try_parse() {
+    let code = match parse() {
         Ok(cli) => match cli.command {
             Command::Run(args) => sandbox::run::run(&args),
+            Command::Doctor { json } => sandbox::doctor::run(json),
             Command::Completions { shell } => {
                 clap_complete::generate(
                     shell,
@@ -39,6 +40,16 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Parse the command line, keeping the typed order of mount options.
+fn parse() -> Result<Cli, clap::Error> {
+    let matches = Cli::command().try_get_matches()?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let (Command::Run(args), Some(("run", m))) = (&mut cli.command, matches.subcommand()) {
+        args.mount_order = sandbox::cli::mount_order(m);
+    }
+    Ok(cli)
 }
 
 /// Make sure fds 0-2 exist, so no file we open lands on them.

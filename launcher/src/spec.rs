@@ -10,7 +10,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{LandlockArg, NetworkArg, RunArgs, SeccompArg};
+use crate::cli::{LandlockArg, MountOpt, NetworkArg, RunArgs, SeccompArg};
 use crate::profile::{self, Loaded, ProfileError};
 use crate::security::{caps, seccomp};
 
@@ -625,19 +625,22 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
     for t in &p.tmpfs {
         mounts.push(parse_tmpfs(OsStr::new(t.get_ref())).map_err(|e| at(t, strip_why(e)))?);
     }
-    for v in &args.volume {
-        mounts.push(parse_volume(v, &caller.cwd)?);
-    }
-    for (pairs, readonly) in [(&args.bind, false), (&args.ro_bind, true)] {
-        for pair in pairs.chunks(2) {
-            let [src, dst] = pair else { continue };
-            let src = resolve_source("bind", Path::new(src), &caller.cwd)?;
-            let dst = check_abs_dest("bind", Path::new(dst))?;
-            mounts.push(MountSpec::Bind { src, dst, readonly });
-        }
-    }
-    for t in &args.tmpfs {
-        mounts.push(parse_tmpfs(t)?);
+    // Command-line mounts in the order they were typed.
+    let bind = |pairs: &[OsString], i: usize, readonly: bool| -> Result<MountSpec, SpecError> {
+        let (Some(src), Some(dst)) = (pairs.get(2 * i), pairs.get(2 * i + 1)) else {
+            return Err(invalid("bind", "", "expected SRC DEST"));
+        };
+        let src = resolve_source("bind", Path::new(src), &caller.cwd)?;
+        let dst = check_abs_dest("bind", Path::new(dst))?;
+        Ok(MountSpec::Bind { src, dst, readonly })
+    };
+    for opt in args.ordered_mounts() {
+        mounts.push(match opt {
+            MountOpt::Volume(i) => parse_volume(&args.volume[i], &caller.cwd)?,
+            MountOpt::Bind(i) => bind(&args.bind, i, false)?,
+            MountOpt::RoBind(i) => bind(&args.ro_bind, i, true)?,
+            MountOpt::Tmpfs(i) => parse_tmpfs(&args.tmpfs[i])?,
+        });
     }
 
     let mut masked: Vec<PathBuf> = MASKED_PATHS.iter().map(PathBuf::from).collect();
@@ -790,7 +793,8 @@ fn resolve_env(
         Some(list) => {
             for s in list {
                 let k = s.get_ref();
-                if k.is_empty() || k.contains('=') || k[..k.len() - 1].contains('*') {
+                let stem = k.strip_suffix('*').unwrap_or(k);
+                if stem.is_empty() || k.contains('=') || stem.contains('*') {
                     return Err(loaded
                         .error_at(
                             s.span(),
