@@ -272,7 +272,9 @@ impl Cgroup {
             Err(e) => return Err(io_err(&parent)(e)),
         }
         enable_controllers(&parent, &wanted);
-        remove_stale(&parent, "");
+        for n in stale_names(&parent, "") {
+            let _ = fs::remove_dir(parent.join(n));
+        }
         let dir = parent.join(name);
         fs::create_dir(&dir).map_err(io_err(&dir))?;
         self.dirs.push(dir.clone());
@@ -344,7 +346,6 @@ impl Cgroup {
             if let Some(d) = made.get(&parent) {
                 return Ok(Some(d.clone()));
             }
-            remove_stale(&parent, "sandbox-");
             let dir = parent.join(format!("sandbox-{name}"));
             fs::create_dir(&dir).map_err(io_err(&dir))?;
             this.dirs.push(dir.clone());
@@ -352,8 +353,20 @@ impl Cgroup {
             Ok(Some(dir))
         };
         // Accounting hierarchies, always (peak memory and CPU time).
+        // Stale sandbox cgroups are found in one hierarchy and removed from
+        // all of them (one directory scan instead of one per hierarchy).
+        if let Some((mnt, own)) = h.get("memory").or_else(|| h.values().next()) {
+            let stale = stale_names(&mnt.join(own.trim_start_matches('/')), "sandbox-");
+            for (mnt, own) in h.values() {
+                let parent = mnt.join(own.trim_start_matches('/'));
+                for n in &stale {
+                    let _ = fs::remove_dir(parent.join(format!("sandbox-{n}")));
+                }
+            }
+        }
+        // The memory hierarchy always (peak memory); CPU time comes from
+        // the launcher's rusage of the reaped init, not from cpuacct.
         self.memory_dir = dir_for(self, "memory")?;
-        self.cpuacct_dir = dir_for(self, "cpuacct")?;
         if let Some(m) = limits.memory {
             match self.memory_dir.clone() {
                 Some(dir) => {
@@ -489,9 +502,7 @@ impl Cgroup {
         } else {
             let peak = read(&self.memory_dir, "memory.max_usage_in_bytes")
                 .and_then(|s| s.trim().parse().ok());
-            let cpu = read(&self.cpuacct_dir, "cpuacct.usage")
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(|ns| ns as f64 / 1e6);
+            let cpu = None;
             let oom = read(&self.memory_dir, "memory.oom_control")
                 .and_then(|s| kv(&s, "oom_kill"))
                 .unwrap_or(0);
@@ -587,10 +598,11 @@ fn oom_eventfd(dir: &Path) -> Result<OwnedFd, CgroupError> {
     Ok(efd)
 }
 
-/// Remove empty sandbox cgroups left by launchers that were killed.
-fn remove_stale(parent: &Path, prefix: &str) {
+/// Names of empty sandbox cgroups left by launchers that were killed.
+fn stale_names(parent: &Path, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
     let Ok(entries) = fs::read_dir(parent) else {
-        return;
+        return out;
     };
     for e in entries.flatten() {
         let fname = e.file_name();
@@ -609,9 +621,10 @@ fn remove_stale(parent: &Path, prefix: &str) {
         };
         let procs = fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
         if procs.trim().is_empty() {
-            let _ = fs::remove_dir(e.path());
+            out.push(name.to_string());
         }
     }
+    out
 }
 
 #[cfg(test)]

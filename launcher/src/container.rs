@@ -265,7 +265,13 @@ struct CloneArgs {
 
 /// Start a sandbox for `spec` and its command. On any failure nothing is
 /// left running.
-pub fn start(spec: &Spec, cgroup: Option<&crate::cgroup::Cgroup>) -> Result<Running, StartError> {
+///
+/// `place` runs after the id maps are written and before init may run: it
+/// puts init into the sandbox's cgroup (or does nothing).
+pub fn start(
+    spec: &Spec,
+    place: impl FnOnce(libc::pid_t) -> Result<(), StartError>,
+) -> Result<Running, StartError> {
     // SAFETY: no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let (init_fd, init_path) = initbin::open()?;
@@ -334,12 +340,7 @@ pub fn start(spec: &Spec, cgroup: Option<&crate::cgroup::Cgroup>) -> Result<Runn
         what: "cannot write the user namespace id maps",
         reason: crate::errors::io_reason(&e),
     })?;
-    if let Some(cg) = cgroup {
-        cg.add(init_pid).map_err(|e| StartError::Sys {
-            what: "cannot move the sandbox into its cgroup",
-            reason: e.to_string(),
-        })?;
-    }
+    place(init_pid)?;
     sys::write_all(parent_end.as_raw_fd(), b"g").map_err(sys_err("control channel"))?;
     let mut chan = Channel::new(parent_end);
 

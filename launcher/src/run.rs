@@ -160,15 +160,51 @@ fn run_inner(
     let spec = spec_out
         .as_ref()
         .ok_or(RunError::Signals("no spec".into()))?;
-    let cgroup = if spec.limits.is_empty() {
-        None
-    } else {
-        Some(Cgroup::create(
-            &spec.name,
-            &spec.limits,
-            spec.limits_best_effort,
-        )?)
-    };
+    // The cgroup is created on a helper thread while the namespaces are
+    // being created (both take about a millisecond here); init is placed in
+    // it before it may run anything.
+    let mut maker = (!spec.limits.is_empty()).then(|| {
+        let (name, limits, best_effort) = (spec.name.clone(), spec.limits, spec.limits_best_effort);
+        std::thread::spawn(move || Cgroup::create(&name, &limits, best_effort))
+    });
+    let mut cgroup: Option<Cgroup> = None;
+    let mut cgroup_err: Option<CgroupError> = None;
+    let started = container::start(spec, |pid| {
+        let Some(handle) = maker.take() else {
+            return Ok(());
+        };
+        let made = handle.join().unwrap_or_else(|_| {
+            Err(CgroupError::Io {
+                path: "cgroup".into(),
+                reason: "helper thread panicked".into(),
+            })
+        });
+        match made {
+            Ok(cg) => {
+                let placed = cg.add(pid);
+                cgroup = Some(cg);
+                placed.map_err(|e| StartError::Sys {
+                    what: "cannot move the sandbox into its cgroup",
+                    reason: e.to_string(),
+                })
+            }
+            Err(e) => {
+                cgroup_err = Some(e);
+                Err(StartError::Sys {
+                    what: "cgroup",
+                    reason: String::new(),
+                })
+            }
+        }
+    });
+    // Start failed before placing init: wait for the helper so that the
+    // cgroup it made is removed before the launcher exits.
+    if let Some(handle) = maker.take() {
+        drop(handle.join());
+    }
+    if let Some(e) = cgroup_err {
+        return Err(e.into());
+    }
     if let Some(cg) = &cgroup {
         for what in &cg.not_enforced {
             eprintln!(
@@ -177,7 +213,7 @@ fn run_inner(
             );
         }
     }
-    let mut running = container::start(spec, cgroup.as_ref())?;
+    let mut running = started?;
     ctx.enforced = Some(running.enforced);
     for feature in receipt::not_enforced(spec, Some(&running.enforced)) {
         eprintln!(
@@ -196,15 +232,38 @@ fn run_inner(
         spec.kill_after,
         cgroup.as_ref(),
     );
-    if let Some(cg) = &cgroup {
+    // init has been reaped, and it reaped every process of the sandbox, so
+    // the launcher's children rusage covers the whole sandbox.
+    let (cpu_ms, max_rss_kib) = children_rusage();
+    let cgroup_json = cgroup.as_ref().map(|cg| {
         let usage: Usage = cg.usage();
-        ctx.cgroup_info = Some(json!({
+        json!({
             "version": cg.layout(),
             "path": cg.path(),
             "limits": cg.enforced,
             "not_enforced": cg.not_enforced,
-            "usage": usage,
-        }));
-    }
+            "peak_memory_bytes": usage.peak_memory_bytes,
+            "oom_kills": usage.oom_kills,
+        })
+    });
+    ctx.cgroup_info = Some(json!({
+        "cpu_time_ms": cpu_ms,
+        "max_rss_kib_largest_process": max_rss_kib,
+        "cgroup": cgroup_json,
+    }));
     Ok(outcome)
+}
+
+/// CPU time (user + system, ms) and the largest RSS (KiB) of all reaped
+/// descendants.
+fn children_rusage() -> (f64, i64) {
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into `ru`.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    (
+        ((ms(ru.ru_utime) + ms(ru.ru_stime)) * 1000.0).round() / 1000.0,
+        ru.ru_maxrss,
+    )
 }
