@@ -51,6 +51,8 @@ pub fn send(msg: &InitMsg, fd: Option<RawFd>) -> Result<(), Errno> {
 #[derive(Debug, Default)]
 pub struct Receiver {
     buf: FrameBuf,
+    /// Descriptors received so far (attached to `Start`).
+    fds: Vec<std::os::fd::OwnedFd>,
 }
 
 /// What reading the channel produced.
@@ -74,7 +76,7 @@ impl Receiver {
                 Err(_) => return Recv::Bad,
             }
             let mut chunk = [0u8; 16 * 1024];
-            match sys::read(CTRL_FD, &mut chunk) {
+            match recv_with_fds(&mut chunk, &mut self.fds) {
                 Ok(0) | Err(_) => return Recv::Closed,
                 Ok(n) => {
                     if self.buf.push(&chunk[..n]).is_err() {
@@ -85,8 +87,62 @@ impl Receiver {
         }
     }
 
+    /// Take the descriptors received with the messages so far.
+    pub fn take_fds(&mut self) -> Vec<std::os::fd::OwnedFd> {
+        std::mem::take(&mut self.fds)
+    }
+
     /// Messages already buffered, without reading.
     pub fn buffered(&mut self) -> Option<HostMsg> {
         self.buf.next_msg::<HostMsg>().ok().flatten()
     }
+}
+
+/// Most descriptors accepted with one message.
+const MAX_FDS: usize = 64;
+
+/// recvmsg(2) on the channel, collecting any `SCM_RIGHTS` descriptors.
+fn recv_with_fds(buf: &mut [u8], fds: &mut Vec<std::os::fd::OwnedFd>) -> Result<usize, Errno> {
+    use std::os::fd::FromRawFd;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 40];
+    // SAFETY: zeroed msghdr is valid; fields set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    let n = loop {
+        // SAFETY: `msg` points at live buffers.
+        let n = unsafe { libc::recvmsg(CTRL_FD, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = sys::errno();
+        if e != libc::EINTR {
+            return Err(e);
+        }
+    };
+    // SAFETY: walking the control messages the kernel wrote into `cbuf`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    let fd =
+                        std::os::fd::OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                    if fds.len() < MAX_FDS {
+                        fds.push(fd);
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(n)
 }

@@ -70,7 +70,8 @@ fn run() -> i32 {
         Recv::Msg(_) | Recv::Bad => return EXIT_PROTOCOL,
     };
 
-    if let Err(e) = setup::build_root(&spec) {
+    let prepared = rx.take_fds().into_iter().map(Some).collect();
+    if let Err(e) = setup::build_root(&spec, prepared) {
         let _ = chan::send(&InitMsg::SetupFailed(e.into_proto()), None);
         return EXIT_SETUP_FAILED;
     }

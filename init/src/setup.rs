@@ -91,7 +91,9 @@ fn c(step: &'static str, bytes: &[u8]) -> StepResult<std::ffi::CString> {
 }
 
 /// Build the whole filesystem view and switch into it (steps 1-13).
-pub fn build_root(spec: &InitSpec) -> StepResult {
+/// `prepared` are the descriptors that came with the `Start` message
+/// (referenced by `Mount::Prepared`).
+pub fn build_root(spec: &InitSpec, mut prepared: Vec<Option<OwnedFd>>) -> StepResult {
     let fs = &spec.fs;
     // 0. cgroupns
     // SAFETY: plain unshare(2).
@@ -107,6 +109,14 @@ pub fn build_root(spec: &InitSpec) -> StepResult {
         .map(|m| match m {
             Mount::Bind { src, .. } => open_source(src).map(Some),
             Mount::Tmpfs { .. } => Ok(None),
+            Mount::Prepared { dst, fd, .. } => prepared
+                .get_mut(*fd as usize)
+                .and_then(Option::take)
+                .map(Some)
+                .ok_or_else(|| {
+                    StepError::new("volumes", dst, libc::EBADF)
+                        .detail("the launcher did not pass the prepared mount")
+                }),
         })
         .collect::<StepResult<_>>()?;
 
@@ -175,8 +185,11 @@ pub fn build_root(spec: &InitSpec) -> StepResult {
             (Mount::Bind { dst, readonly, .. }, Some(src_fd)) => {
                 bind_volume(&root, src_fd, dst, *readonly)?
             }
-            (Mount::Bind { src, .. }, None) => {
-                return Err(StepError::new("volumes", src, libc::EBADF))
+            (Mount::Prepared { dst, readonly, .. }, Some(tree)) => {
+                attach_tree(&root, tree, dst, *readonly)?
+            }
+            (Mount::Bind { src: path, .. }, None) | (Mount::Prepared { dst: path, .. }, None) => {
+                return Err(StepError::new("volumes", path, libc::EBADF))
             }
             (Mount::Tmpfs { dst, size, mode }, _) => {
                 let dir = resolve_or_create(&root, dst, true, "volumes")?;
@@ -365,6 +378,35 @@ fn bind_volume(root: &OwnedFd, src_fd: &OwnedFd, dst: &[u8], readonly: bool) -> 
     )
     .map_err(|e| StepError::new("volumes", dst, e))?;
     // Re-open: the fd we held points below the new mount.
+    let mounted = sys::open_in_root(root.as_raw_fd(), dst, libc::O_PATH)
+        .map_err(|e| StepError::new("volumes", dst, e))?;
+    let mut set = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    if readonly {
+        set |= sys::MOUNT_ATTR_RDONLY;
+    }
+    sys::mount_setattr_fd(mounted.as_raw_fd(), set, 0)
+        .map_err(|e| StepError::new("volumes", dst, e))
+}
+
+/// Attach a detached mount tree made by the launcher at `dst`.
+fn attach_tree(root: &OwnedFd, tree: &OwnedFd, dst: &[u8], readonly: bool) -> StepResult {
+    let st = sys::fstat(tree.as_raw_fd()).map_err(|e| StepError::new("volumes", dst, e))?;
+    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    let dst_fd = resolve_or_create(root, dst, is_dir, "volumes")?;
+    const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+    const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+    // SAFETY: both fds are valid; empty paths with the *_EMPTY_PATH flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            dst_fd.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    sys::check(r).map_err(|e| StepError::new("volumes", dst, e))?;
     let mounted = sys::open_in_root(root.as_raw_fd(), dst, libc::O_PATH)
         .map_err(|e| StepError::new("volumes", dst, e))?;
     let mut set = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;

@@ -50,6 +50,17 @@ impl Channel {
         Ok(())
     }
 
+    /// Send a message with descriptors attached to its first byte.
+    pub fn send_with_fds(&self, msg: &HostMsg, fds: &[i32]) -> Result<(), ChanError> {
+        if fds.is_empty() {
+            return self.send(msg);
+        }
+        let frame = encode(msg)?;
+        let sent = sys::send_with_fds(self.fd.as_raw_fd(), &frame, fds)?;
+        sys::write_all(self.fd.as_raw_fd(), &frame[sent..])?;
+        Ok(())
+    }
+
     /// Read what is available once (blocking if nothing is). Returns false
     /// at end of stream.
     pub fn fill(&mut self) -> Result<bool, ChanError> {

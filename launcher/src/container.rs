@@ -136,7 +136,10 @@ fn bytes(p: &std::path::Path) -> Vec<u8> {
 }
 
 /// Translate the backend-neutral spec into init's instructions.
-pub fn init_spec(spec: &Spec, caller_uid: u32) -> InitSpec {
+///
+/// `prepared` lists the mounts (by index in `spec.mounts`) that the
+/// launcher made itself; they become `Mount::Prepared`, numbered in order.
+pub fn init_spec(spec: &Spec, caller_uid: u32, prepared: &[usize]) -> InitSpec {
     let rootless = caller_uid != 0;
     let (u, g) = (spec.user.uid, spec.user.gid);
     let user = if rootless {
@@ -167,7 +170,13 @@ pub fn init_spec(spec: &Spec, caller_uid: u32) -> InitSpec {
     let mounts = spec
         .mounts
         .iter()
-        .map(|m| match m {
+        .enumerate()
+        .map(|(i, m)| match m {
+            MountSpec::Bind { dst, readonly, .. } if prepared.contains(&i) => Mount::Prepared {
+                dst: bytes(dst),
+                readonly: *readonly,
+                fd: prepared.iter().position(|p| *p == i).unwrap_or(0) as u32,
+            },
             MountSpec::Bind { src, dst, readonly } => Mount::Bind {
                 src: bytes(src),
                 dst: bytes(dst),
@@ -268,8 +277,12 @@ struct CloneArgs {
 ///
 /// `place` runs after the id maps are written and before init may run: it
 /// puts init into the sandbox's cgroup (or does nothing).
+///
+/// `prepared` are mounts the launcher made itself (idmapped volumes), as
+/// (index in `spec.mounts`, detached mount fd).
 pub fn start(
     spec: &Spec,
+    prepared: Vec<(usize, OwnedFd)>,
     place: impl FnOnce(libc::pid_t) -> Result<(), StartError>,
 ) -> Result<Running, StartError> {
     // SAFETY: no preconditions.
@@ -368,7 +381,13 @@ pub fn start(
         Err(e) => return Err(e.into()),
     }
 
-    chan.send(&HostMsg::Start(Box::new(init_spec(spec, uid))))?;
+    let indices: Vec<usize> = prepared.iter().map(|(i, _)| *i).collect();
+    let fds: Vec<RawFd> = prepared.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    chan.send_with_fds(
+        &HostMsg::Start(Box::new(init_spec(spec, uid, &indices))),
+        &fds,
+    )?;
+    drop(prepared);
     match chan.recv()? {
         InitMsg::Started { pid, pty, enforced } => {
             let master = if pty {

@@ -55,7 +55,7 @@ pub fn isolation(spec: &Spec, enforced: Option<&Enforced>) -> Value {
             "dev": "minimal (null, zero, full, random, urandom, tty, pts, shm)",
             "masked_paths": spec.masked,
             "network": spec.network.as_str(),
-            "user": { "uid": spec.user.uid, "gid": spec.user.gid },
+            "user": { "uid": spec.user.uid, "gid": spec.user.gid, "dynamic": spec.dynamic_user },
             "capabilities": spec.cap_add.iter().map(|c| caps::name(*c)).collect::<Vec<_>>(),
             "landlock": landlock,
             "seccomp": {

@@ -12,6 +12,7 @@ use crate::errors::{
     signal_status, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_OOM, EXIT_SANDBOX, EXIT_TIMEOUT,
 };
 use crate::receipt::{self, Record};
+use crate::security::dac::{self, DacError};
 use crate::session::{self, Outcome};
 use crate::spec::{self, Caller, Spec, SpecError};
 use crate::state::{NameLock, StateError};
@@ -28,6 +29,8 @@ pub enum RunError {
     Start(#[from] StartError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Dac(#[from] DacError),
     #[error("invalid --json-status-fd {0}: not an open file descriptor")]
     StatusFd(i32),
     #[error("cannot set up signal handling: {0}")]
@@ -156,6 +159,39 @@ fn run_inner(
     // lost between start and supervision.
     let sigfd = sys::signalfd_for(&session::FORWARDED)
         .map_err(|e| RunError::Signals(crate::errors::io_reason(&e)))?;
+    // --user dynamic: lock a host id, and idmap the writable volumes so
+    // that they stay owned by the caller.
+    let mut spec = spec;
+    let mut dynamic = None;
+    let mut prepared = Vec::new();
+    if spec.dynamic_user {
+        let d = dac::allocate(dac::configured_range()?)?;
+        spec.user = crate::spec::User {
+            uid: d.id,
+            gid: d.id,
+        };
+        let rw: Vec<(usize, std::path::PathBuf)> = spec
+            .mounts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| match m {
+                crate::spec::MountSpec::Bind {
+                    src,
+                    readonly: false,
+                    ..
+                } => Some((i, src.clone())),
+                _ => None,
+            })
+            .collect();
+        if !rw.is_empty() {
+            let userns = dac::idmap_userns(caller.uid, caller.gid, d.id)?;
+            for (i, src) in rw {
+                prepared.push((i, dac::idmapped_tree(&src, &userns)?));
+            }
+        }
+        dynamic = Some(d);
+    }
+    let _dynamic = dynamic;
     *spec_out = Some(spec);
     let spec = spec_out
         .as_ref()
@@ -169,7 +205,7 @@ fn run_inner(
     });
     let mut cgroup: Option<Cgroup> = None;
     let mut cgroup_err: Option<CgroupError> = None;
-    let started = container::start(spec, |pid| {
+    let started = container::start(spec, prepared, |pid| {
         let Some(handle) = maker.take() else {
             return Ok(());
         };

@@ -172,6 +172,9 @@ pub struct Spec {
     /// Capabilities kept (numbers), sorted and unique.
     pub cap_add: Vec<u8>,
     pub limits: crate::cgroup::Limits,
+    /// `--user dynamic`: `user` is filled in by the launcher from the
+    /// configured range once the id is locked.
+    pub dynamic_user: bool,
     /// Run even when a limit cannot be enforced (reported).
     pub limits_best_effort: bool,
 }
@@ -321,8 +324,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Parse `root`, `UID` or `UID:GID` (GID defaults to the caller's when
 /// the uid is the caller's, else to the uid).
 pub fn parse_user(s: &str, caller: &Caller) -> Result<User, String> {
-    const ACCEPTED: &str = "expected 'root', UID or UID:GID (numbers below 4294967295)";
+    const ACCEPTED: &str = "expected 'root', 'dynamic', UID or UID:GID (numbers below 4294967295)";
     if s == "root" {
+        return Ok(User { uid: 0, gid: 0 });
+    }
+    if s == "dynamic" {
+        if caller.uid != 0 {
+            return Err("'dynamic' allocates host uids and needs root; use UID[:GID]".into());
+        }
+        // Placeholder until the launcher allocates the id.
         return Ok(User { uid: 0, gid: 0 });
     }
     let num = |p: &str| -> Result<u32, String> {
@@ -589,6 +599,11 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
             gid: caller.gid,
         },
     };
+    let dynamic_user = match (&args.user, &p.user) {
+        (Some(u), _) => u == "dynamic",
+        (None, Some(u)) => u.get_ref() == "dynamic",
+        (None, None) => false,
+    };
 
     let workdir = match (&args.workdir, &p.workdir) {
         (Some(w), _) => PathBuf::from(w),
@@ -722,6 +737,7 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
         cap_add,
         limits,
         limits_best_effort,
+        dynamic_user,
     })
 }
 

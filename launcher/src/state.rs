@@ -27,51 +27,69 @@ pub struct NameLock {
 
 impl NameLock {
     pub fn acquire(name: &str) -> Result<Self, StateError> {
-        // SAFETY: plain socket(2).
-        let fd =
-            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-        let err = |e: io::Error| StateError::Register {
-            name: name.into(),
-            reason: crate::errors::io_reason(&e),
-        };
-        if fd < 0 {
-            return Err(err(io::Error::last_os_error()));
-        }
-        // SAFETY: fresh fd owned by nobody else.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: no preconditions.
         let uid = unsafe { libc::geteuid() };
-        let key = format!("sandbox/{uid}/name/{name}");
-        // SAFETY: zeroed sockaddr_un is valid.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        // Abstract namespace: leading NUL byte, then the key.
-        if key.len() + 1 > addr.sun_path.len() {
-            return Err(StateError::Register {
-                name: name.into(),
-                reason: "name too long".into(),
-            });
+        bind_abstract(&format!("sandbox/{uid}/name/{name}"), name).map(|sock| Self { _sock: sock })
+    }
+}
+
+/// Bind an abstract unix socket named `key`; `EADDRINUSE` means a live
+/// process holds it (reported as [`StateError::NameInUse`] of `what`).
+fn bind_abstract(key: &str, what: &str) -> Result<OwnedFd, StateError> {
+    let err = |e: io::Error| StateError::Register {
+        name: what.into(),
+        reason: crate::errors::io_reason(&e),
+    };
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: fresh fd owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: zeroed sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    // Abstract namespace: leading NUL byte, then the key.
+    if key.len() + 1 > addr.sun_path.len() {
+        return Err(StateError::Register {
+            name: what.into(),
+            reason: "name too long".into(),
+        });
+    }
+    for (i, b) in key.bytes().enumerate() {
+        addr.sun_path[i + 1] = b as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + key.len();
+    // SAFETY: `addr` is a valid sockaddr_un and `len` is within it.
+    let r = unsafe {
+        libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EADDRINUSE) {
+            return Err(StateError::NameInUse(what.into()));
         }
-        for (i, b) in key.bytes().enumerate() {
-            addr.sun_path[i + 1] = b as libc::c_char;
-        }
-        let len = std::mem::size_of::<libc::sa_family_t>() + 1 + key.len();
-        // SAFETY: `addr` is a valid sockaddr_un and `len` is within it.
-        let r = unsafe {
-            libc::bind(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                (&addr as *const libc::sockaddr_un).cast(),
-                len as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EADDRINUSE) {
-                return Err(StateError::NameInUse(name.into()));
-            }
-            return Err(err(e));
-        }
-        Ok(Self { _sock: sock })
+        return Err(err(e));
+    }
+    Ok(sock)
+}
+
+/// Holds a host id (e.g. a dynamic uid) for as long as it lives. Keys are
+/// global, not per user: only root allocates ids.
+#[derive(Debug)]
+pub struct IdLock {
+    _sock: OwnedFd,
+}
+
+impl IdLock {
+    pub fn acquire(kind: &str, id: u32) -> Result<Self, StateError> {
+        let key = format!("sandbox/{kind}/{id}");
+        bind_abstract(&key, &id.to_string()).map(|sock| Self { _sock: sock })
     }
 }
 

@@ -23,7 +23,7 @@ mod spec;
 pub use spec::*;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame either side accepts (argv + environment can approach
 /// `ARG_MAX`, 2 MiB on Linux, so leave room above that).
@@ -35,7 +35,8 @@ pub const HEADER_LEN: usize = 4;
 /// Messages from the launcher to init.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMsg {
-    /// Set up the sandbox and start the command.
+    /// Set up the sandbox and start the command. Descriptors referenced by
+    /// `Mount::Prepared` are attached to this frame (`SCM_RIGHTS`).
     Start(Box<InitSpec>),
     /// Deliver this signal to the command.
     Signal(i32),

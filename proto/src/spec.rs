@@ -136,4 +136,12 @@ pub enum Mount {
         size: Option<u64>,
         mode: u32,
     },
+    /// A detached mount the launcher prepared (an idmapped volume), passed
+    /// as descriptor number `fd` (0-based) of those attached to the
+    /// `Start` message.
+    Prepared {
+        dst: Vec<u8>,
+        readonly: bool,
+        fd: u32,
+    },
 }

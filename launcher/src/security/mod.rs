@@ -2,4 +2,5 @@
 //! capabilities. (Landlock and labels follow; see docs/security.md.)
 
 pub mod caps;
+pub mod dac;
 pub mod seccomp;
