@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::cgroup::{Cgroup, CgroupError, Usage};
 use crate::cli::RunArgs;
+use crate::container::Running;
 use crate::container::{self, StartError};
 use crate::errors::{
     signal_status, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_OOM, EXIT_SANDBOX, EXIT_TIMEOUT,
@@ -14,10 +15,12 @@ use crate::errors::{
 use crate::receipt::{self, Record};
 use crate::security::dac::{self, DacError};
 use crate::session::{self, Outcome};
-use crate::spec::{self, Caller, Spec, SpecError};
+use crate::spec::{self, Caller, MountSpec, Spec, SpecError, User};
 use crate::state::{NameLock, StateError};
 use crate::{sys, tty};
 use sandbox_proto::ExitStatus;
+use std::os::fd::OwnedFd;
+use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -153,52 +156,103 @@ fn run_inner(
             return Err(RunError::StatusFd(fd));
         }
     }
-    let spec = spec::resolve(args, caller)?;
+    let mut spec = spec::resolve(args, caller)?;
     let _name = NameLock::acquire(&spec.name)?;
     // Block the forwarded signals before the sandbox exists, so none is
     // lost between start and supervision.
     let sigfd = sys::signalfd_for(&session::FORWARDED)
         .map_err(|e| RunError::Signals(crate::errors::io_reason(&e)))?;
-    // --user dynamic: lock a host id, and idmap the writable volumes so
-    // that they stay owned by the caller.
-    let mut spec = spec;
-    let mut dynamic = None;
-    let mut prepared = Vec::new();
-    if spec.dynamic_user {
-        let d = dac::allocate(dac::configured_range()?)?;
-        spec.user = crate::spec::User {
-            uid: d.id,
-            gid: d.id,
-        };
-        let rw: Vec<(usize, std::path::PathBuf)> = spec
-            .mounts
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| match m {
-                crate::spec::MountSpec::Bind {
-                    src,
-                    readonly: false,
-                    ..
-                } => Some((i, src.clone())),
-                _ => None,
-            })
-            .collect();
-        if !rw.is_empty() {
-            let userns = dac::idmap_userns(caller.uid, caller.gid, d.id)?;
-            for (i, src) in rw {
-                prepared.push((i, dac::idmapped_tree(&src, &userns)?));
-            }
-        }
-        dynamic = Some(d);
+    let (_dynamic, prepared) = dynamic_user(&mut spec, caller)?;
+    let spec: &Spec = spec_out.insert(spec);
+    let (mut running, cgroup) = start_with_cgroup(spec, prepared)?;
+    ctx.enforced = Some(running.enforced);
+    for feature in receipt::not_enforced(spec, Some(&running.enforced)) {
+        eprintln!(
+            "sandbox: warning: {feature} is not available on this host and is not enforced \
+             (see `sandbox doctor`; use --{feature} require to refuse running without it)"
+        );
     }
-    let _dynamic = dynamic;
-    *spec_out = Some(spec);
-    let spec = spec_out
-        .as_ref()
-        .ok_or(RunError::Signals("no spec".into()))?;
-    // The cgroup is created on a helper thread while the namespaces are
-    // being created (both take about a millisecond here); init is placed in
-    // it before it may run anything.
+    let _raw = match running.master {
+        Some(_) if tty::is_tty(0) => tty::RawMode::enable(0),
+        _ => None,
+    };
+    let outcome = session::supervise(
+        &mut running,
+        &sigfd,
+        spec.timeout,
+        spec.kill_after,
+        cgroup.as_ref(),
+    );
+    // init has been reaped, and it reaped every process of the sandbox, so
+    // the launcher's children rusage covers the whole sandbox.
+    let (cpu_ms, max_rss_kib) = children_rusage();
+    let cgroup_json = cgroup.as_ref().map(|cg| {
+        let usage: Usage = cg.usage();
+        json!({
+            "version": cg.layout(),
+            "path": cg.path(),
+            "limits": cg.enforced,
+            "not_enforced": cg.not_enforced,
+            "peak_memory_bytes": usage.peak_memory_bytes,
+            "oom_kills": usage.oom_kills,
+        })
+    });
+    ctx.cgroup_info = Some(json!({
+        "cpu_time_ms": cpu_ms,
+        "max_rss_kib_largest_process": max_rss_kib,
+        "cgroup": cgroup_json,
+    }));
+    Ok(outcome)
+}
+
+/// Mounts the launcher made itself: (index in `Spec::mounts`, mount fd).
+type Prepared = Vec<(usize, OwnedFd)>;
+
+/// `--user dynamic`: lock a host id, and idmap the writable volumes so that
+/// they stay owned by the caller. Returns the id's lock (held for the run)
+/// and the prepared mounts for init.
+fn dynamic_user(
+    spec: &mut Spec,
+    caller: &Caller,
+) -> Result<(Option<dac::DynamicId>, Prepared), RunError> {
+    if !spec.dynamic_user {
+        return Ok((None, Vec::new()));
+    }
+    let d = dac::allocate(dac::configured_range()?)?;
+    spec.user = User {
+        uid: d.id,
+        gid: d.id,
+    };
+    let mut prepared = Vec::new();
+    let rw: Vec<(usize, &Path)> = spec
+        .mounts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| match m {
+            MountSpec::Bind {
+                src,
+                readonly: false,
+                ..
+            } => Some((i, src.as_path())),
+            _ => None,
+        })
+        .collect();
+    if !rw.is_empty() {
+        let userns = dac::idmap_userns(caller.uid, caller.gid, d.id)?;
+        for (i, src) in rw {
+            prepared.push((i, dac::idmapped_tree(src, &userns)?));
+        }
+    }
+    Ok((Some(d), prepared))
+}
+
+/// Start the sandbox; when limits are asked for, the cgroup is created on a
+/// helper thread while the namespaces are being created (both take about a
+/// millisecond here), and init is placed in it before it may run anything.
+fn start_with_cgroup(
+    spec: &Spec,
+    prepared: Prepared,
+) -> Result<(Running, Option<Cgroup>), RunError> {
     let mut maker = (!spec.limits.is_empty()).then(|| {
         let (name, limits, best_effort) = (spec.name.clone(), spec.limits, spec.limits_best_effort);
         std::thread::spawn(move || Cgroup::create(&name, &limits, best_effort))
@@ -241,6 +295,7 @@ fn run_inner(
     if let Some(e) = cgroup_err {
         return Err(e.into());
     }
+    let running = started?;
     if let Some(cg) = &cgroup {
         for what in &cg.not_enforced {
             eprintln!(
@@ -249,45 +304,7 @@ fn run_inner(
             );
         }
     }
-    let mut running = started?;
-    ctx.enforced = Some(running.enforced);
-    for feature in receipt::not_enforced(spec, Some(&running.enforced)) {
-        eprintln!(
-            "sandbox: warning: {feature} is not available on this host and is not enforced \
-             (see `sandbox doctor`; use --{feature} require to refuse running without it)"
-        );
-    }
-    let _raw = match running.master {
-        Some(_) if tty::is_tty(0) => tty::RawMode::enable(0),
-        _ => None,
-    };
-    let outcome = session::supervise(
-        &mut running,
-        &sigfd,
-        spec.timeout,
-        spec.kill_after,
-        cgroup.as_ref(),
-    );
-    // init has been reaped, and it reaped every process of the sandbox, so
-    // the launcher's children rusage covers the whole sandbox.
-    let (cpu_ms, max_rss_kib) = children_rusage();
-    let cgroup_json = cgroup.as_ref().map(|cg| {
-        let usage: Usage = cg.usage();
-        json!({
-            "version": cg.layout(),
-            "path": cg.path(),
-            "limits": cg.enforced,
-            "not_enforced": cg.not_enforced,
-            "peak_memory_bytes": usage.peak_memory_bytes,
-            "oom_kills": usage.oom_kills,
-        })
-    });
-    ctx.cgroup_info = Some(json!({
-        "cpu_time_ms": cpu_ms,
-        "max_rss_kib_largest_process": max_rss_kib,
-        "cgroup": cgroup_json,
-    }));
-    Ok(outcome)
+    Ok((running, cgroup))
 }
 
 /// CPU time (user + system, ms) and the largest RSS (KiB) of all reaped
