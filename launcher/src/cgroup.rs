@@ -181,6 +181,9 @@ pub struct Usage {
     pub peak_memory_bytes: Option<u64>,
     pub cpu_time_ms: Option<f64>,
     pub oom_kills: u64,
+    /// Times the cgroup hit its limit with nothing left to reclaim (v2
+    /// `oom`, v1 `under_oom`).
+    pub ooms: u64,
 }
 
 /// A live sandbox cgroup; removed on drop.
@@ -286,7 +289,9 @@ impl Cgroup {
             if has("memory") {
                 write(&dir, "memory.max", &m.to_string())?;
                 // Swap must not silently extend the limit.
-                let _ = write(&dir, "memory.swap.max", "0");
+                if write(&dir, "memory.swap.max", "0").is_err() && swap_configured() {
+                    self.missing("memory-swap", best_effort)?;
+                }
                 write(&dir, "memory.oom.group", "1")?;
                 self.enforced.insert("memory", m.to_string());
                 let events = dir.join("memory.events");
@@ -317,6 +322,7 @@ impl Cgroup {
         }
         if let Some(w) = limits.io_weight {
             let ok = has("io")
+                && weight_scheduler_active(mount)
                 && (write(&dir, "io.weight", &format!("default {w}")).is_ok()
                     || write(&dir, "io.bfq.weight", &w.clamp(1, 1000).to_string()).is_ok());
             if ok {
@@ -374,12 +380,18 @@ impl Cgroup {
                     if dir.join("memory.memsw.limit_in_bytes").exists() {
                         write(&dir, "memory.memsw.limit_in_bytes", &m.to_string())?;
                         self.enforced.insert("memory", m.to_string());
-                    } else {
+                    } else if swap_configured() {
                         // No swap accounting: swap could extend the limit.
-                        write(&dir, "memory.swappiness", "0")?;
-                        self.enforced
-                            .insert("memory", format!("{m} (swappiness 0)"));
+                        self.missing("memory-swap", best_effort)?;
+                        self.enforced.insert("memory", m.to_string());
+                    } else {
+                        self.enforced.insert("memory", m.to_string());
                     }
+                    // v1 has no "OOM-kill the group": the kernel's OOM
+                    // killer is disabled for the cgroup instead, so on OOM
+                    // every task waits while the launcher, woken by the
+                    // eventfd, kills the whole sandbox at once.
+                    write(&dir, "memory.oom_control", "1")?;
                     self.oom_fd = Some(oom_eventfd(&dir)?);
                 }
                 None => self.missing("memory", best_effort)?,
@@ -408,10 +420,11 @@ impl Cgroup {
         if let Some(w) = limits.io_weight {
             let dir = dir_for(self, "blkio")?;
             let v1w = (u32::from(w) / 10).clamp(1, 1000).to_string();
-            let ok = dir.is_some_and(|d| {
-                write(&d, "blkio.bfq.weight", &v1w).is_ok()
-                    || write(&d, "blkio.weight", &v1w).is_ok()
-            });
+            let ok = weight_scheduler_active(Path::new("/"))
+                && dir.is_some_and(|d| {
+                    write(&d, "blkio.bfq.weight", &v1w).is_ok()
+                        || write(&d, "blkio.weight", &v1w).is_ok()
+                });
             if ok {
                 self.enforced.insert("io_weight", w.to_string());
             } else {
@@ -466,14 +479,22 @@ impl Cgroup {
         })
     }
 
-    /// Acknowledge an OOM event; true when the OOM killer has acted.
+    /// Acknowledge an OOM event; true when the sandbox ran out of memory
+    /// (v1: the eventfd only fires on OOM; v2: `memory.events` changed and
+    /// counts an OOM).
     pub fn oom_fired(&self) -> bool {
-        if let (Some(fd), false) = (&self.oom_fd, self.oom_is_events_file) {
-            let mut v = 0u64;
-            // SAFETY: reading the 8-byte eventfd counter into `v`.
-            unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        match (&self.oom_fd, self.oom_is_events_file) {
+            (Some(fd), false) => {
+                let mut v = 0u64;
+                // SAFETY: reading the 8-byte eventfd counter into `v`.
+                let n = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+                n == 8 && v > 0
+            }
+            _ => {
+                let u = self.usage();
+                u.oom_kills > 0 || u.ooms > 0
+            }
         }
-        self.usage().oom_kills > 0
     }
 
     pub fn usage(&self) -> Usage {
@@ -491,25 +512,27 @@ impl Cgroup {
             let cpu = read(&self.cpuacct_dir, "cpu.stat")
                 .and_then(|s| kv(&s, "usage_usec"))
                 .map(|us| us as f64 / 1000.0);
-            let oom = read(&self.memory_dir, "memory.events")
-                .and_then(|s| kv(&s, "oom_kill"))
-                .unwrap_or(0);
+            let events = read(&self.memory_dir, "memory.events").unwrap_or_default();
+            let oom = kv(&events, "oom_kill").unwrap_or(0);
+            let ooms = kv(&events, "oom").unwrap_or(0);
             Usage {
                 peak_memory_bytes: peak,
                 cpu_time_ms: cpu,
                 oom_kills: oom,
+                ooms,
             }
         } else {
             let peak = read(&self.memory_dir, "memory.max_usage_in_bytes")
                 .and_then(|s| s.trim().parse().ok());
             let cpu = None;
-            let oom = read(&self.memory_dir, "memory.oom_control")
-                .and_then(|s| kv(&s, "oom_kill"))
-                .unwrap_or(0);
+            let ctl = read(&self.memory_dir, "memory.oom_control").unwrap_or_default();
+            let oom = kv(&ctl, "oom_kill").unwrap_or(0);
+            let ooms = kv(&ctl, "under_oom").unwrap_or(0);
             Usage {
                 peak_memory_bytes: peak,
                 cpu_time_ms: cpu,
                 oom_kills: oom,
+                ooms,
             }
         }
     }
@@ -534,6 +557,24 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         self.remove();
     }
+}
+
+/// Whether the host has any swap device or file.
+fn swap_configured() -> bool {
+    fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1)
+}
+
+/// I/O weights only act through a scheduler that honours them: BFQ on some
+/// block device, or (v2) the iocost controller enabled on one.
+fn weight_scheduler_active(cgroup_mount: &Path) -> bool {
+    let bfq = fs::read_dir("/sys/block").is_ok_and(|d| {
+        d.flatten().any(|e| {
+            fs::read_to_string(e.path().join("queue/scheduler")).is_ok_and(|s| s.contains("[bfq]"))
+        })
+    });
+    let iocost = fs::read_to_string(cgroup_mount.join("io.cost.qos"))
+        .is_ok_and(|s| s.lines().any(|l| l.contains("enable=1")));
+    bfq || iocost
 }
 
 fn first_limit(l: &Limits) -> &'static str {

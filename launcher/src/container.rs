@@ -314,9 +314,10 @@ pub fn start(
         stack_size: 0,
         tls: 0,
     };
-    // SAFETY: fork-like clone3 (no new stack). The launcher is
-    // single-threaded here, and the child only runs `child_exec`, which
-    // makes async-signal-safe system calls and never returns.
+    // SAFETY: fork-like clone3 (no new stack). Only this thread is copied
+    // (a cgroup helper thread may be running); the child only runs
+    // `child_exec`, which makes async-signal-safe system calls, allocates
+    // nothing and never returns.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone3,

@@ -176,10 +176,10 @@ pub fn checks() -> Vec<Check> {
     let selinux = fs::read_to_string("/sys/fs/selinux/enforce").ok();
     out.push(Check {
         feature: "selinux labels",
-        status: if selinux.is_some() { "ok" } else { "missing" },
+        status: "missing",
         detail: match selinux.as_deref().map(str::trim) {
-            Some("1") => "SELinux enforcing".into(),
-            Some(_) => "SELinux permissive: labels are set but not enforced".into(),
+            Some("1") => "SELinux is enforcing, but this version does not apply labels yet".into(),
+            Some(_) => "SELinux is permissive; this version does not apply labels yet".into(),
             None => "SELinux is not enabled on this host: labels cannot be enforced".into(),
         },
         required: false,

@@ -19,8 +19,12 @@ use crate::spec::{Landlock, Network, Spec};
 use sandbox_proto::Enforced;
 
 /// Isolation features asked for that this run could not enforce.
-pub fn not_enforced(spec: &Spec, enforced: Option<&Enforced>) -> Vec<&'static str> {
-    let mut v = Vec::new();
+pub fn not_enforced(
+    spec: &Spec,
+    enforced: Option<&Enforced>,
+    limits: &[&'static str],
+) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = limits.iter().map(|l| limit_feature(l)).collect();
     if let Some(e) = enforced {
         if spec.landlock != Landlock::Off && e.landlock_abi == 0 {
             v.push("landlock");
@@ -29,9 +33,20 @@ pub fn not_enforced(spec: &Spec, enforced: Option<&Enforced>) -> Vec<&'static st
     v
 }
 
+fn limit_feature(limit: &str) -> &'static str {
+    match limit {
+        "memory" => "limit:memory",
+        "memory-swap" => "limit:memory-swap",
+        "cpus" => "limit:cpus",
+        "pids" => "limit:pids",
+        "io_weight" => "limit:io_weight",
+        _ => "limit",
+    }
+}
+
 /// What the backend enforced for this run (`enforced` is `None` when the
 /// sandbox never started).
-pub fn isolation(spec: &Spec, enforced: Option<&Enforced>) -> Value {
+pub fn isolation(spec: &Spec, enforced: Option<&Enforced>, limits: &[&'static str]) -> Value {
     let mut disabled = Vec::new();
     if spec.seccomp == seccomp::Level::Off {
         disabled.push("seccomp");
@@ -66,7 +81,7 @@ pub fn isolation(spec: &Spec, enforced: Option<&Enforced>) -> Value {
             "new_session": true,
             "pid1": "sandbox-init",
         },
-        "not_enforced": not_enforced(spec, enforced),
+        "not_enforced": not_enforced(spec, enforced, limits),
         "disabled_by_request": disabled,
     })
 }
@@ -75,6 +90,8 @@ pub fn isolation(spec: &Spec, enforced: Option<&Enforced>) -> Value {
 pub struct Record<'a> {
     pub spec: Option<&'a Spec>,
     pub enforced: Option<Enforced>,
+    /// Limits skipped in best-effort mode.
+    pub limits_not_enforced: &'a [&'static str],
     /// Limits in force and resource usage (`None`: no cgroup was used).
     pub cgroup: Option<Value>,
     pub name: Option<&'a str>,
@@ -98,7 +115,9 @@ impl Record<'_> {
             "timed_out": self.timed_out,
             "wall_time_ms": (self.wall_time_ms * 1000.0).round() / 1000.0,
             "started_at": self.started_at,
-            "isolation": self.spec.map(|s| isolation(s, self.enforced.as_ref())),
+            "isolation": self
+                .spec
+                .map(|s| isolation(s, self.enforced.as_ref(), self.limits_not_enforced)),
             "resources": self.cgroup,
         })
     }

@@ -72,6 +72,7 @@ pub fn run(args: &RunArgs) -> i32 {
     };
     if let Ok(Outcome {
         status: Err(reason),
+        oom: false,
         ..
     }) = &result
     {
@@ -91,6 +92,7 @@ pub fn run(args: &RunArgs) -> i32 {
     let record = Record {
         spec: spec_out.as_ref(),
         enforced: ctx.enforced,
+        limits_not_enforced: &ctx.limits_not_enforced,
         cgroup: ctx.cgroup_info,
         name: spec_out.as_ref().map(|s: &Spec| s.name.as_str()),
         argv: &args.command,
@@ -124,6 +126,7 @@ pub fn run(args: &RunArgs) -> i32 {
 struct RunCtx {
     enforced: Option<sandbox_proto::Enforced>,
     cgroup_info: Option<Value>,
+    limits_not_enforced: Vec<&'static str>,
 }
 
 fn outcome_code(o: &Outcome) -> (i32, Value, bool) {
@@ -164,9 +167,15 @@ fn run_inner(
         .map_err(|e| RunError::Signals(crate::errors::io_reason(&e)))?;
     let (_dynamic, prepared) = dynamic_user(&mut spec, caller)?;
     let spec: &Spec = spec_out.insert(spec);
-    let (mut running, cgroup) = start_with_cgroup(spec, prepared)?;
+    let before = children_rusage();
+    let Started {
+        mut running,
+        cgroup,
+        not_enforced,
+    } = start_with_cgroup(spec, prepared)?;
     ctx.enforced = Some(running.enforced);
-    for feature in receipt::not_enforced(spec, Some(&running.enforced)) {
+    ctx.limits_not_enforced = not_enforced;
+    for feature in receipt::not_enforced(spec, Some(&running.enforced), &[]) {
         eprintln!(
             "sandbox: warning: {feature} is not available on this host and is not enforced \
              (see `sandbox doctor`; use --{feature} require to refuse running without it)"
@@ -185,7 +194,9 @@ fn run_inner(
     );
     // init has been reaped, and it reaped every process of the sandbox, so
     // the launcher's children rusage covers the whole sandbox.
-    let (cpu_ms, max_rss_kib) = children_rusage();
+    // (Minus what helpers forked before the start, e.g. for --user dynamic.)
+    let after = children_rusage();
+    let (cpu_ms, max_rss_kib) = (((after.0 - before.0) * 1000.0).round() / 1000.0, after.1);
     let cgroup_json = cgroup.as_ref().map(|cg| {
         let usage: Usage = cg.usage();
         json!({
@@ -246,19 +257,25 @@ fn dynamic_user(
     Ok((Some(d), prepared))
 }
 
+/// A started sandbox and what the run could not enforce.
+struct Started {
+    running: Running,
+    cgroup: Option<Cgroup>,
+    /// Limits skipped in best-effort mode.
+    not_enforced: Vec<&'static str>,
+}
+
 /// Start the sandbox; when limits are asked for, the cgroup is created on a
 /// helper thread while the namespaces are being created (both take about a
 /// millisecond here), and init is placed in it before it may run anything.
-fn start_with_cgroup(
-    spec: &Spec,
-    prepared: Prepared,
-) -> Result<(Running, Option<Cgroup>), RunError> {
+fn start_with_cgroup(spec: &Spec, prepared: Prepared) -> Result<Started, RunError> {
     let mut maker = (!spec.limits.is_empty()).then(|| {
         let (name, limits, best_effort) = (spec.name.clone(), spec.limits, spec.limits_best_effort);
         std::thread::spawn(move || Cgroup::create(&name, &limits, best_effort))
     });
     let mut cgroup: Option<Cgroup> = None;
     let mut cgroup_err: Option<CgroupError> = None;
+    let mut degraded: Option<CgroupError> = None;
     let started = container::start(spec, prepared, |pid| {
         let Some(handle) = maker.take() else {
             return Ok(());
@@ -278,6 +295,13 @@ fn start_with_cgroup(
                     reason: e.to_string(),
                 })
             }
+            // Best effort: no usable cgroup at all means no limit holds.
+            Err(e @ (CgroupError::NoController { .. } | CgroupError::NotDelegated { .. }))
+                if spec.limits_best_effort =>
+            {
+                degraded = Some(e);
+                Ok(())
+            }
             Err(e) => {
                 cgroup_err = Some(e);
                 Err(StartError::Sys {
@@ -296,15 +320,35 @@ fn start_with_cgroup(
         return Err(e.into());
     }
     let running = started?;
-    if let Some(cg) = &cgroup {
-        for what in &cg.not_enforced {
-            eprintln!(
-                "sandbox: warning: the {what} limit cannot be enforced on this host and is not \
-                 (the profile allows best-effort limits)"
-            );
+    let mut not_enforced: Vec<&'static str> = cgroup
+        .as_ref()
+        .map(|c| c.not_enforced.clone())
+        .unwrap_or_default();
+    if let Some(e) = &degraded {
+        eprintln!("sandbox: warning: {e}; running without limits (the profile allows it)");
+        let l = &spec.limits;
+        for (set, what) in [
+            (l.memory.is_some(), "memory"),
+            (l.cpus.is_some(), "cpus"),
+            (l.pids.is_some(), "pids"),
+            (l.io_weight.is_some(), "io_weight"),
+        ] {
+            if set {
+                not_enforced.push(what);
+            }
         }
     }
-    Ok((running, cgroup))
+    for what in cgroup.iter().flat_map(|c| &c.not_enforced) {
+        eprintln!(
+            "sandbox: warning: the {what} limit is not enforced on this host (the profile \
+             allows best-effort limits)"
+        );
+    }
+    Ok(Started {
+        running,
+        cgroup,
+        not_enforced,
+    })
 }
 
 /// CPU time (user + system, ms) and the largest RSS (KiB) of all reaped

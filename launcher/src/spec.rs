@@ -810,7 +810,7 @@ fn resolve_env(
             for s in list {
                 let k = s.get_ref();
                 let stem = k.strip_suffix('*').unwrap_or(k);
-                if stem.is_empty() || k.contains('=') || stem.contains('*') {
+                if (stem.is_empty() && k != "*") || k.contains('=') || stem.contains('*') {
                     return Err(loaded
                         .error_at(
                             s.span(),

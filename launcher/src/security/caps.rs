@@ -48,10 +48,40 @@ pub const NAMES: [&str; 41] = [
     "CHECKPOINT_RESTORE",
 ];
 
-/// Parse `NET_RAW`, `cap_net_raw`, `CAP_NET_RAW`.
+/// Capabilities that take effect inside the command's own user namespace
+/// (they act on files and processes whose ids are mapped there). Every
+/// other capability governs a namespace the command does not own (the
+/// sandbox's network, mount, IPC and UTS namespaces belong to the outer
+/// user namespace) or the host itself, so it would be a silent no-op:
+/// `--cap-add` refuses those.
+pub const EFFECTIVE: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "SETFCAP",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+];
+
+/// Parse `CHOWN`, `cap_chown`, `CAP_CHOWN` into a capability that can
+/// take effect in the sandbox.
 pub fn parse(name: &str) -> Result<u8, String> {
     let up = name.to_ascii_uppercase();
     let bare = up.strip_prefix("CAP_").unwrap_or(&up);
+    if NAMES.contains(&bare) && !EFFECTIVE.contains(&bare) {
+        return Err(format!(
+            "CAP_{bare} would have no effect: it governs the sandbox's network, mount, IPC or \
+             UTS namespace (which the command does not own) or the host itself; capabilities \
+             that work inside are {}",
+            EFFECTIVE.join(", ")
+        ));
+    }
     NAMES
         .iter()
         .position(|n| *n == bare)
@@ -76,8 +106,11 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        assert_eq!(parse("net_raw").unwrap(), 13);
-        assert_eq!(parse("CAP_SYS_ADMIN").unwrap(), 21);
+        assert_eq!(parse("chown").unwrap(), 0);
+        assert_eq!(parse("CAP_SYS_PTRACE").unwrap(), 19);
+        let err = parse("net_raw").unwrap_err();
+        assert!(err.contains("no effect"), "{err}");
+        assert!(parse("CAP_SYS_ADMIN").is_err());
         assert_eq!(name(40), "CAP_CHECKPOINT_RESTORE");
         assert!(parse("CAP_BOGUS").is_err());
         assert!(parse("").is_err());
