@@ -450,10 +450,10 @@ fn child_exec(
     // and pointers that are valid in this copy of the parent's memory.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-        let mut b = 0u8;
-        if libc::read(ctrl, (&mut b as *mut u8).cast(), 1) != 1 {
-            libc::_exit(libc::EPIPE);
-        }
+        // First keep only stdio, the channel (fd 3) and init (fd 4): the
+        // launcher's end of the channel and its name lock must not live on
+        // here, or a launcher killed right now would leave this process
+        // waiting forever on a channel that never reaches end of file.
         let c = libc::fcntl(ctrl, libc::F_DUPFD_CLOEXEC, 10);
         let i = libc::fcntl(init_fd, libc::F_DUPFD_CLOEXEC, 10);
         if c < 0 || i < 0 || libc::dup2(c, 3) < 0 || libc::dup3(i, 4, libc::O_CLOEXEC) < 0 {
@@ -463,6 +463,13 @@ fn child_exec(
             for fd in 5..65536 {
                 libc::close(fd);
             }
+        }
+        // Leave the caller's process group: terminal signals (^C, window
+        // changes) reach the launcher alone, which forwards them once.
+        libc::setpgid(0, 0);
+        let mut b = 0u8;
+        if libc::read(3, (&mut b as *mut u8).cast(), 1) != 1 {
+            libc::_exit(libc::EPIPE);
         }
         libc::syscall(
             libc::SYS_execveat,

@@ -42,7 +42,7 @@ pub enum ProfileError {
         searched: String,
         builtin: String,
     },
-    #[error("cannot read profile {path}: {source}")]
+    #[error("cannot read profile {path}: {}", crate::errors::io_reason(.source))]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -178,7 +178,8 @@ pub fn parse(name: &str, origin: &str, text: String) -> Result<Loaded, ProfileEr
                 origin: origin.into(),
                 line,
                 col,
-                msg: e.message().trim().to_string(),
+                // One line: toml's messages may span several.
+                msg: e.message().split_whitespace().collect::<Vec<_>>().join(" "),
             })
         }
     }
@@ -252,7 +253,13 @@ pub fn load(spec: Option<&str>) -> Result<Loaded, ProfileError> {
         let path = dir.join(format!("{name}.toml"));
         match std::fs::symlink_metadata(&path) {
             Ok(_) => return parse(name, &path.display().to_string(), read_file(&path)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Not there, or a directory we cannot even search (another
+            // user's HOME): nothing to read at this location.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) || e.raw_os_error() == Some(libc::ENOTDIR) => {}
             Err(source) => return Err(ProfileError::Read { path, source }),
         }
     }

@@ -73,7 +73,7 @@ pub fn run(args: &RunArgs) -> i32 {
     if let Ok(Outcome {
         status: Err(reason),
         oom: false,
-        ..
+        timed_out: false,
     }) = &result
     {
         eprintln!("sandbox: {reason}");
@@ -85,8 +85,13 @@ pub fn run(args: &RunArgs) -> i32 {
                 "sandbox: out of memory: the sandbox exceeded its memory limit ({limit} bytes) \
                  and was killed"
             );
+        } else if o.timed_out && o.status.is_err() {
+            eprintln!(
+                "sandbox: timed out; the command ignored SIGTERM and was killed after the grace \
+                 period (--kill-after)"
+            );
         } else if o.timed_out {
-            eprintln!("sandbox: timed out; the command was stopped");
+            eprintln!("sandbox: timed out; the command was stopped with SIGTERM");
         }
     }
     let record = Record {

@@ -173,6 +173,8 @@ pub fn supervise(
             }
             if fds[4].revents != 0 && !copy_once(0, m) {
                 stdin_open = false;
+                // Our stdin ended: tell the pty, as a terminal would.
+                send_eof(m);
             }
         }
         if fds[5].revents != 0 && cgroup.is_some_and(|c| c.oom_fired()) {
@@ -236,6 +238,20 @@ fn pump(from: RawFd, to: RawFd) -> bool {
             }
         }
     }
+}
+
+/// Write the pty's end-of-file character (normally ^D), so that a reader
+/// in canonical mode sees end of file.
+fn send_eof(master: RawFd) {
+    // SAFETY: zeroed termios is a valid out-parameter.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr writes into `t`.
+    let eof = if unsafe { libc::tcgetattr(master, &mut t) } == 0 {
+        t.c_cc[libc::VEOF]
+    } else {
+        4
+    };
+    let _ = sys::write_all(master, &[eof]);
 }
 
 /// One read and write; false at end of file or error.
