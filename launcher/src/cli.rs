@@ -145,19 +145,19 @@ pub struct RunArgs {
 
     /// Memory limit of the whole sandbox, swap included (e.g. 512m, 2g);
     /// exceeding it kills the sandbox (exit status 123)
-    #[arg(short = 'm', long, value_name = "SIZE")]
+    #[arg(short = 'm', long, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory: Option<String>,
 
     /// CPU bandwidth limit in CPUs, fractions allowed (e.g. 0.5, 2)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub cpus: Option<String>,
 
     /// Maximum number of processes and threads in the sandbox
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub pids: Option<String>,
 
     /// Relative I/O weight, 1-10000 (default 100)
-    #[arg(long = "io-weight", value_name = "N")]
+    #[arg(long = "io-weight", value_name = "N", allow_hyphen_values = true)]
     pub io_weight: Option<String>,
 
     /// Seccomp filter: default (deny dangerous calls), strict, or off
@@ -177,11 +177,11 @@ pub struct RunArgs {
 
     /// Stop the command after DURATION (e.g. 30s, 5m, 1h30m): SIGTERM,
     /// then SIGKILL after --kill-after; exit status 124
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Option<String>,
 
     /// Grace period between SIGTERM and SIGKILL on timeout (default 5s)
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub kill_after: Option<String>,
 
     /// Profile: a name (looked up in ~/.config/sandbox, /etc/sandbox, then

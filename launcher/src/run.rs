@@ -330,7 +330,9 @@ fn start_with_cgroup(spec: &Spec, prepared: Prepared) -> Result<Started, RunErro
         .map(|c| c.not_enforced.clone())
         .unwrap_or_default();
     if let Some(e) = &degraded {
-        eprintln!("sandbox: warning: {e}; running without limits (the profile allows it)");
+        eprintln!(
+            "sandbox: warning: {e}; the limits are not enforced (the profile allows best effort)"
+        );
         let l = &spec.limits;
         for (set, what) in [
             (l.memory.is_some(), "memory"),
