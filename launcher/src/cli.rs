@@ -143,6 +143,15 @@ pub struct RunArgs {
     #[arg(short = 'i', long)]
     pub interactive: bool,
 
+    /// Run in a KVM micro-VM instead of namespaces (host checks only in
+    /// this version; see docs/vm.md)
+    #[arg(long)]
+    pub vm: bool,
+
+    /// Guest kernel for --vm (a vmlinux ELF or a bzImage)
+    #[arg(long, value_name = "PATH", requires = "vm")]
+    pub kernel: Option<PathBuf>,
+
     /// Memory limit of the whole sandbox, swap included (e.g. 512m, 2g);
     /// exceeding it kills the sandbox (exit status 123)
     #[arg(short = 'm', long, value_name = "SIZE", allow_hyphen_values = true)]

@@ -184,6 +184,16 @@ pub fn checks() -> Vec<Check> {
         },
         required: false,
     });
+    let kvm = crate::vm::host::check();
+    out.push(Check {
+        feature: "kvm (--vm)",
+        status: if kvm.is_ok() { "ok" } else { "missing" },
+        detail: match &kvm {
+            Ok(k) => format!("/dev/kvm usable (API {})", k.api_version),
+            Err(e) => e.to_string(),
+        },
+        required: false,
+    });
     let init = crate::initbin::open();
     out.push(check(
         "sandbox-init",

@@ -18,3 +18,4 @@ pub mod spec;
 pub mod state;
 pub mod sys;
 pub mod tty;
+pub mod vm;

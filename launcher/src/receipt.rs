@@ -107,7 +107,7 @@ impl Record<'_> {
     pub fn to_json(&self) -> Value {
         json!({
             "id": self.name,
-            "backend": "namespace",
+            "backend": if self.spec.is_some_and(|s| s.vm) { "vm" } else { "namespace" },
             "profile": self.spec.map(|s| s.profile.clone()),
             "command": self.argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
             "exit_code": self.exit_code,

@@ -34,6 +34,8 @@ pub enum RunError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Dac(#[from] DacError),
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
     #[error("invalid --json-status-fd {0}: not an open file descriptor")]
     StatusFd(i32),
     #[error("cannot set up signal handling: {0}")]
@@ -165,6 +167,13 @@ fn run_inner(
         }
     }
     let mut spec = spec::resolve(args, caller)?;
+    if spec.vm {
+        let vm_spec: &Spec = spec_out.insert(spec);
+        return match crate::vm::run(vm_spec) {
+            Err(e) => Err(e.into()),
+            Ok(never) => match never {},
+        };
+    }
     let _name = NameLock::acquire(&spec.name)?;
     // Block the forwarded signals before the sandbox exists, so none is
     // lost between start and supervision.

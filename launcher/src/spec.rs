@@ -172,6 +172,9 @@ pub struct Spec {
     /// Capabilities kept (numbers), sorted and unique.
     pub cap_add: Vec<u8>,
     pub limits: crate::cgroup::Limits,
+    /// Run in a micro-VM (`--vm`), with this guest kernel if given.
+    pub vm: bool,
+    pub vm_kernel: Option<PathBuf>,
     /// `--user dynamic`: `user` is filled in by the launcher from the
     /// configured range once the id is locked.
     pub dynamic_user: bool,
@@ -738,6 +741,8 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
         limits,
         limits_best_effort,
         dynamic_user,
+        vm: args.vm,
+        vm_kernel: args.kernel.clone(),
     })
 }
 
