@@ -9,9 +9,10 @@
 //!   `cgroup.subtree_control`.
 //! - **cgroup v1** (hosts like the development machine): as root, a
 //!   directory `sandbox-<name>` below the launcher's own cgroup in each
-//!   hierarchy used (memory, cpuacct always, for accounting; cpu, pids,
+//!   hierarchy used (memory always, for the peak-memory figure; cpu, pids,
 //!   blkio when limited), so limits that apply to the launcher keep
-//!   applying. Unprivileged users cannot use v1 (no delegation).
+//!   applying. Unprivileged users cannot use v1 (no delegation). CPU time
+//!   comes from the launcher's rusage, not from a cgroup.
 //!
 //! Memory: the limit covers swap too (v2 `memory.swap.max = 0`, v1
 //! `memory.memsw.limit_in_bytes`), and an OOM kill ends the whole sandbox
@@ -68,6 +69,11 @@ pub enum CgroupError {
          subtree (a systemd user session); {detail}"
     )]
     NotDelegated { what: &'static str, detail: String },
+    #[error("cannot enforce {what}: {reason}")]
+    NotEffective {
+        what: &'static str,
+        reason: &'static str,
+    },
     #[error("cannot set up the sandbox cgroup at {path}: {reason}")]
     Io { path: PathBuf, reason: String },
 }
@@ -437,16 +443,24 @@ impl Cgroup {
     fn missing(&mut self, what: &'static str, best_effort: bool) -> Result<(), CgroupError> {
         if best_effort {
             self.not_enforced.push(what);
-            Ok(())
-        } else {
-            Err(CgroupError::NoController {
-                what,
-                detail: format!(
-                    "the {} controller is not available for the sandbox cgroup",
-                    what
-                ),
-            })
+            return Ok(());
         }
+        Err(match what {
+            "memory-swap" => CgroupError::NotEffective {
+                what: "--memory on swap",
+                reason: "swap is configured but the kernel does not account it per cgroup \
+                         (boot with swapaccount=1, or turn swap off)",
+            },
+            "io_weight" => CgroupError::NotEffective {
+                what: "--io-weight",
+                reason: "no block device uses an I/O scheduler that honours weights (BFQ) \
+                         and the iocost controller is off",
+            },
+            _ => CgroupError::NoController {
+                what,
+                detail: format!("the {what} controller is not available for the sandbox cgroup"),
+            },
+        })
     }
 
     pub fn layout(&self) -> &'static str {
@@ -566,7 +580,7 @@ fn swap_configured() -> bool {
 
 /// I/O weights only act through a scheduler that honours them: BFQ on some
 /// block device, or (v2) the iocost controller enabled on one.
-fn weight_scheduler_active(cgroup_mount: &Path) -> bool {
+pub fn weight_scheduler_active(cgroup_mount: &Path) -> bool {
     let bfq = fs::read_dir("/sys/block").is_ok_and(|d| {
         d.flatten().any(|e| {
             fs::read_to_string(e.path().join("queue/scheduler")).is_ok_and(|s| s.contains("[bfq]"))

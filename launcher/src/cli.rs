@@ -154,19 +154,19 @@ pub struct RunArgs {
 
     /// Memory limit of the whole sandbox, swap included (e.g. 512m, 2g);
     /// exceeding it kills the sandbox (exit status 123)
-    #[arg(short = 'm', long, value_name = "SIZE", allow_hyphen_values = true)]
+    #[arg(short = 'm', long, value_name = "SIZE", allow_negative_numbers = true)]
     pub memory: Option<String>,
 
     /// CPU bandwidth limit in CPUs, fractions allowed (e.g. 0.5, 2)
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub cpus: Option<String>,
 
     /// Maximum number of processes and threads in the sandbox
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub pids: Option<String>,
 
     /// Relative I/O weight, 1-10000 (default 100)
-    #[arg(long = "io-weight", value_name = "N", allow_hyphen_values = true)]
+    #[arg(long = "io-weight", value_name = "N", allow_negative_numbers = true)]
     pub io_weight: Option<String>,
 
     /// Seccomp filter: default (deny dangerous calls), strict, or off
@@ -179,18 +179,21 @@ pub struct RunArgs {
     pub landlock: Option<LandlockArg>,
 
     /// Keep this capability in the command's user namespace; repeatable.
-    /// Default: none. As root every host uid is mapped into the sandbox,
-    /// so a kept capability applies to all files visible inside
+    /// Default: none. Only capabilities that can act there are accepted
+    /// (CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, KILL, SETGID,
+    /// SETUID, SETPCAP, SETFCAP, SYS_CHROOT, SYS_PTRACE). As root every host
+    /// uid is mapped into the sandbox, so they apply to all files visible
+    /// inside
     #[arg(long = "cap-add", value_name = "CAP")]
     pub cap_add: Vec<String>,
 
     /// Stop the command after DURATION (e.g. 30s, 5m, 1h30m): SIGTERM,
     /// then SIGKILL after --kill-after; exit status 124
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true)]
     pub timeout: Option<String>,
 
     /// Grace period between SIGTERM and SIGKILL on timeout (default 5s)
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true)]
     pub kill_after: Option<String>,
 
     /// Profile: a name (looked up in ~/.config/sandbox, /etc/sandbox, then

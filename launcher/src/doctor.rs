@@ -167,6 +167,15 @@ pub fn checks() -> Vec<Check> {
             )
         }
     };
+    let detail = match &layout {
+        Layout::V2 { mount } if !cgroup::weight_scheduler_active(mount) => {
+            format!("{detail}; --io-weight is not enforceable (no BFQ scheduler, iocost off)")
+        }
+        Layout::V1 { .. } if !cgroup::weight_scheduler_active(std::path::Path::new("/")) => {
+            format!("{detail}; --io-weight is not enforceable (no BFQ scheduler)")
+        }
+        _ => detail,
+    };
     out.push(Check {
         feature: "cgroup limits",
         status: if ok { "ok" } else { "missing" },

@@ -143,11 +143,7 @@ fn outcome_code(o: &Outcome) -> (i32, Value, bool) {
         Err(reason) => (EXIT_SANDBOX, json!({ "error": reason })),
     };
     if o.oom {
-        (
-            EXIT_OOM,
-            json!({ "out_of_memory": true, "detail": status }),
-            o.timed_out,
-        )
+        (EXIT_OOM, json!({ "out_of_memory": true }), o.timed_out)
     } else if o.timed_out {
         (EXIT_TIMEOUT, status, true)
     } else {
@@ -220,6 +216,7 @@ fn run_inner(
             "not_enforced": cg.not_enforced,
             "peak_memory_bytes": usage.peak_memory_bytes,
             "oom_kills": usage.oom_kills,
+            "out_of_memory": outcome.oom,
         })
     });
     ctx.cgroup_info = Some(json!({

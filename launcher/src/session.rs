@@ -64,6 +64,8 @@ pub fn supervise(
     }
     let master = run.master.as_ref().map(AsRawFd::as_raw_fd);
     let mut master_open = master.is_some();
+    // Last byte copied from stdin to the pty (for end of file).
+    let mut stdin_last: Option<u8> = None;
 
     loop {
         let mut fds = vec![
@@ -171,10 +173,10 @@ pub fn supervise(
             if fds[3].revents != 0 && !pump(m, 1) {
                 master_open = false;
             }
-            if fds[4].revents != 0 && !copy_once(0, m) {
+            if fds[4].revents != 0 && !copy_stdin(m, &mut stdin_last) {
                 stdin_open = false;
                 // Our stdin ended: tell the pty, as a terminal would.
-                send_eof(m);
+                send_eof(m, stdin_last);
             }
         }
         if fds[5].revents != 0 && cgroup.is_some_and(|c| c.oom_fired()) {
@@ -241,8 +243,9 @@ fn pump(from: RawFd, to: RawFd) -> bool {
 }
 
 /// Write the pty's end-of-file character (normally ^D), so that a reader
-/// in canonical mode sees end of file.
-fn send_eof(master: RawFd) {
+/// in canonical mode sees end of file. After an unfinished last line the
+/// first one only completes that line, so a second one follows.
+fn send_eof(master: RawFd, last: Option<u8>) {
     // SAFETY: zeroed termios is a valid out-parameter.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: tcgetattr writes into `t`.
@@ -251,7 +254,22 @@ fn send_eof(master: RawFd) {
     } else {
         4
     };
-    let _ = sys::write_all(master, &[eof]);
+    let unfinished = last.is_some_and(|b| b != b'\n');
+    let both = [eof, eof];
+    let _ = sys::write_all(master, if unfinished { &both[..] } else { &both[..1] });
+}
+
+/// Copy one read of stdin to the pty, remembering the last byte; false at
+/// end of file or error.
+fn copy_stdin(master: RawFd, last: &mut Option<u8>) -> bool {
+    let mut buf = [0u8; 16384];
+    match sys::read(0, &mut buf) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            *last = Some(buf[n - 1]);
+            sys::write_all(master, &buf[..n]).is_ok()
+        }
+    }
 }
 
 /// One read and write; false at end of file or error.

@@ -89,7 +89,7 @@ pub fn parse(name: &str) -> Result<u8, String> {
         .ok_or_else(|| {
             format!(
                 "unknown capability; accepted names are {} (with or without CAP_)",
-                NAMES.join(", ")
+                EFFECTIVE.join(", ")
             )
         })
 }
