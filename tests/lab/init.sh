@@ -1,4 +1,6 @@
 #!/bin/busybox sh
+# shellcheck shell=sh disable=SC2086,SC2013,SC2016
+# (SC2086: $R, $LAB, $BB and $S never contain spaces; the others are intended.)
 # Guest side of the nested lab (tests/lab/lab.sh). Runs with busybox sh.
 #
 #   /init                    stage 1, PID 1 in the initramfs: load modules,
@@ -136,28 +138,48 @@ stage1() {
 	KVM=$(cmdline_flag kvm)
 	SELINUX=$(cmdline_flag selinux)
 
+	# All modules from the initramfs are loaded before an SELinux policy
+	# exists: with it, kernel_t may not load modules labelled root_t.
 	load_modules /lib/modules/base.list
+	[ "$MODE" != systemd ] || load_modules /lib/modules/overlay.list
+	if [ "$KVM" = 1 ]; then
+		load_modules /lib/modules/kvm.list
+		[ -c /dev/kvm ] || fatal "--kvm: modules loaded but /dev/kvm is missing"
+		chmod 666 /dev/kvm # as udev does on Debian
+	fi
 
 	# With SELinux, the policy must be loaded before the final mounts: the
 	# 9p root has no labels of its own and gets one with context=, which
 	# the kernel accepts only once a policy is loaded.
-	rootctx= sharectx=
+	rootctx='' sharectx=''
 	if [ "$SELINUX" = 1 ]; then
 		selinux_load_policy
 		rootctx=,context=$(cmdline_flag rootctx)
 		sharectx=,context=system_u:object_r:tmp_t:s0
 	fi
 
-	mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144,cache=loose$rootctx \
-		hostroot /newroot || fatal "cannot mount the host root (9p tag hostroot${rootctx:+ with $rootctx})"
 	R=/newroot
+	if [ "$MODE" = systemd ]; then
+		# systemd wants a writable /etc and /var: a throw-away overlay
+		# (tmpfs upper) on the read-only 9p root.
+		mkdir -p /lower /rw
+		mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144,cache=loose$rootctx \
+			hostroot /lower || fatal "cannot mount the host root (9p tag hostroot)"
+		mount -t tmpfs -o mode=755,size=50% tmpfs /rw
+		mkdir -p /rw/upper /rw/work
+		mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work$rootctx overlay $R ||
+			fatal "--systemd: cannot mount the overlay root"
+		# The host's /.dockerenv would make systemd believe it runs in Docker.
+		rm -f $R/.dockerenv
+	else
+		mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144,cache=loose$rootctx \
+			hostroot $R || fatal "cannot mount the host root (9p tag hostroot${rootctx:+ with $rootctx})"
+	fi
 	if [ "$SELINUX" = 1 ]; then
-		# Kernel modules must be modules_object_t to be loadable: bind
-		# /lib/modules from a second 9p mount with that label.
-		mkdir -p /modroot
-		mods=$(realpath $R/lib/modules)
+		# Kernel modules must be modules_object_t to be loadable: mount
+		# the host's /lib/modules (its own 9p export) with that label.
 		mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144,cache=loose,context=system_u:object_r:modules_object_t:s0 \
-			hostroot /modroot && mount --bind /modroot${mods#$R} $mods && umount /modroot ||
+			hostmods "$(realpath $R/lib/modules)" ||
 			say "--selinux: cannot relabel /lib/modules; module loading will be denied"
 	fi
 
@@ -166,18 +188,22 @@ stage1() {
 	# /run/lab: a tmpfs of its own, without nosuid (an SELinux domain
 	# transition on exec from a nosuid mount needs nosuid_transition).
 	mkdir -p $R$LAB
-	mount -t tmpfs -o nodev,mode=700,size=16m tmpfs $R$LAB
+	mount -t tmpfs -o nodev,mode=700,size=16m tmpfs $R$LAB || fatal "cannot mount tmpfs on $LAB"
 	mkdir -p $R$LAB/bin $R$LAB/share
 	mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=mmap$sharectx \
 		labshare $R$LAB/share || fatal "cannot mount the lab share (9p tag labshare)"
 	cp /bin/busybox $R$LAB/bin/busybox
 	cp /init $R$LAB/init.sh
 
-	if [ "$KVM" = 1 ]; then
-		load_modules /lib/modules/kvm.list
-		[ -c /dev/kvm ] || fatal "--kvm: modules loaded but /dev/kvm is missing"
-		chmod 666 /dev/kvm # as udev does on Debian
-	fi
+	# Device nodes that load their module on first open (/dev/loop-control,
+	# /dev/fuse, ...), as systemd-tmpfiles creates them from modules.devname.
+	while read -r _ dev spec; do
+		case $dev in '' | '#'*) continue ;; esac
+		[ ! -e "/dev/$dev" ] || continue
+		maj=${spec#?}
+		mkdir -p "$(dirname "/dev/$dev")"
+		mknod "/dev/$dev" "${spec%"$maj"}" "${maj%:*}" "${maj#*:}" 2>/dev/null
+	done <"$R/lib/modules/$(uname -r)/modules.devname"
 
 	mount --move /dev $R/dev
 	mount --move /proc $R/proc
@@ -202,7 +228,7 @@ stage1() {
 
 	if [ "$MODE" = systemd ]; then
 		setup_systemd $R
-		exec switch_root $R /lib/systemd/systemd
+		exec switch_root $R /lib/systemd/systemd --unit=lab.service
 	fi
 	exec switch_root $R $LAB/bin/busybox sh $LAB/init.sh stage2
 }
@@ -222,16 +248,35 @@ setup_systemd() {
 		FailureAction=poweroff-force
 
 		[Service]
-		Type=oneshot
+		Type=exec
 		ExecStart=$LAB/bin/busybox sh $LAB/init.sh run
 		StandardInput=null
 		StandardOutput=null
 		StandardError=null
 	EOF
-	# A read-only /etc has no writable machine-id; give systemd one on /run.
-	if [ ! -s $R/etc/machine-id ]; then
-		say "--systemd: /etc/machine-id is empty or missing on the host"
+	if [ "$SELINUX" = 1 ]; then
+		# systemd must start as init_t, which needs an init_exec_t file:
+		# bind a copy on a tmpfs with that label over the host's binary.
+		mkdir -p $R$LAB/initexec
+		mount -t tmpfs -o mode=755,size=64m,context=system_u:object_r:init_exec_t:s0 tmpfs $R$LAB/initexec
+		cp $R/lib/systemd/systemd $R$LAB/initexec/systemd
+		mount --bind $R$LAB/initexec/systemd $R/lib/systemd/systemd ||
+			fatal "--systemd --selinux: cannot relabel /lib/systemd/systemd"
 	fi
+	# Boot time under TCG: mask what is slow and useless here (no network,
+	# no block devices, no consoles, no periodic jobs). Everything else of
+	# basic.target runs as on a real host.
+	mkdir -p $R/run/systemd/system-generators
+	for g in systemd-gpt-auto-generator systemd-sysv-generator systemd-cryptsetup-generator \
+		systemd-veritysetup-generator systemd-integritysetup-generator \
+		systemd-hibernate-resume-generator systemd-bless-boot-generator systemd-getty-generator; do
+		ln -sf /dev/null $R/run/systemd/system-generators/$g
+	done
+	for u in systemd-timesyncd.service systemd-update-utmp.service systemd-pstore.service \
+		apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer \
+		fstrim.timer man-db.timer; do
+		ln -sf /dev/null $R/run/systemd/system/$u
+	done
 }
 
 # The command wrapper: environment, stdio, status.
@@ -248,7 +293,11 @@ run_command() {
 	# stdio is opened by the command's own shell, after any SELinux domain
 	# change (fds of another domain could be closed at exec).
 	if [ -s $S/selinux-context ]; then
-		set -- "$@" /usr/bin/runcon "$(cat $S/selinux-context)"
+		ctx=$(cat $S/selinux-context)
+		/usr/bin/runcon "$ctx" /bin/true 2>/dev/null ||
+			fatal "--selinux-context $ctx: initrc_t (the lab init's programs) may not start it$(
+				/usr/bin/runcon "$ctx" /bin/true 2>&1 | sed -n '1s/.*: /: /p'); unconfined_t and init work"
+		set -- "$@" /usr/bin/runcon "$ctx"
 	fi
 	status=0
 	$BB env -i "$@" /bin/sh -c 'exec </dev/null >"$1" 2>"$2"; exec /bin/sh "$3"' \

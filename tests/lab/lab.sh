@@ -32,7 +32,7 @@ options:
   --selinux-context CONTEXT
                      the command's SELinux context (default
                      unconfined_u:unconfined_r:unconfined_t:s0-s0:c0.c1023;
-                     "init" leaves it in init_t)
+                     "init" leaves it in initrc_t, where init's children run)
   --systemd          boot the host's systemd as PID 1; COMMAND runs as a service
   --mem MiB          guest memory (default 2048)
   --smp N            guest CPUs (default 2)
@@ -198,11 +198,12 @@ order_modules() { # order_modules GROUP:NAME,NAME... ...
 		}
 	}' "$moddir/modules.dep"
 }
-mod_list=$(order_modules base:virtio_pci,9pnet_virtio,9p,virtio_console kvm:kvm_amd)
-missing=$(awk '$1 == "missing" { printf " %s", $2 }' <<<"$mod_list")
-[ -z "$missing" ] || fail "kernel $kver lacks the modules$missing"
+mod_list=$(order_modules base:virtio_pci,9pnet_virtio,9p,virtio_console kvm:kvm_amd overlay:overlay)
+absent=$(awk '$1 == "missing" { printf " %s", $2 }' <<<"$mod_list")
+[ -z "$absent" ] || fail "kernel $kver lacks the modules$absent"
 base_mods=$(awk '$1 == "base" { print $2 }' <<<"$mod_list")
 kvm_mods=$(awk '$1 == "kvm" { print $2 }' <<<"$mod_list")
+overlay_mods=$(awk '$1 == "overlay" { print $2 }' <<<"$mod_list")
 
 cache_dir=${LAB_CACHE_DIR:-}
 if [ -z "$cache_dir" ]; then
@@ -219,7 +220,8 @@ key=$(
 	{
 		echo "format 1 $kver"
 		echo "$mod_list"
-		cd "$moddir" && sha256sum /bin/busybox "$LAB_DIR/init.sh" $base_mods $kvm_mods
+		# shellcheck disable=SC2086 # lists of paths without spaces
+		cd "$moddir" && sha256sum /bin/busybox "$LAB_DIR/init.sh" $base_mods $kvm_mods $overlay_mods
 	} | sha256sum
 )
 key=${key:0:16}
@@ -231,9 +233,13 @@ build_initrd() {
 	cp /bin/busybox "$stage/bin/busybox"
 	cp "$LAB_DIR/init.sh" "$stage/init"
 	chmod 755 "$stage/init" "$stage/bin/busybox"
-	for list in base kvm; do
+	for list in base kvm overlay; do
 		local mods
-		if [ $list = base ]; then mods=$base_mods; else mods=$kvm_mods; fi
+		case $list in
+		base) mods=$base_mods ;;
+		kvm) mods=$kvm_mods ;;
+		overlay) mods=$overlay_mods ;;
+		esac
 		: >"$stage/lib/modules/$list.list"
 		for p in $mods; do
 			dst=${p%.xz}
@@ -271,27 +277,18 @@ extract_vmlinux() { # extract_vmlinux BZIMAGE > VMLINUX
 	done
 	return 1
 }
-vmlinux=$cache_dir/vmlinux-$kver-$(stat -c %s-%Y "$kernel")
-if [ ! -f "$vmlinux" ]; then
-	rm -f "$cache_dir/vmlinux-$kver-"*
-	if extract_vmlinux "$kernel" >"$vmlinux.$$" 2>/dev/null &&
-		[ "$(head -c 4 "$vmlinux.$$" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] &&
-		readelf -n "$vmlinux.$$" 2>/dev/null | grep -q 'Xen.*0x00000012'; then
-		mv "$vmlinux.$$" "$vmlinux"
-	else
-		rm -f "$vmlinux.$$"
-		: >"$vmlinux" # remember the failure: boot the bzImage
-	fi
-fi
-boot_kernel=$kernel
-[ ! -s "$vmlinux" ] || boot_kernel=$vmlinux
-bios=()
-[ ! -r /usr/share/qemu/qboot.rom ] || bios=(-bios /usr/share/qemu/qboot.rom)
 
 # --- the run -------------------------------------------------------------
 
+# Remove what runs killed with SIGKILL left behind (their pid is gone).
+for d in "${TMPDIR:-/tmp}"/sandbox-lab.*; do
+	[ -f "$d/pid" ] || continue
+	kill -0 "$(cat "$d/pid")" 2>/dev/null || rm -rf "$d"
+done
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/sandbox-lab.XXXXXX")
-qpid= outpid= errpid=
+echo $$ >"$tmp/pid"
+qpid='' outpid='' errpid=''
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
 	local p
 	for p in $qpid $outpid $errpid; do
@@ -307,16 +304,33 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
+# Concurrent runs share the cache: build under a lock.
+exec {lockfd}>"$cache_dir/.lock"
+flock "$lockfd"
 if [ ! -f "$initrd" ]; then
-	build_initrd "$tmp/initrd" >"$tmp/initrd.cpio.gz" || fail "cannot build the initramfs"
-	mv "$tmp/initrd.cpio.gz" "$initrd.$$"
-	mv "$initrd.$$" "$initrd"
 	# Drop initramfs images of older inputs for this kernel.
-	for p in "$cache_dir"/initrd-"$kver"-*.cpio.gz; do
-		[ "$p" = "$initrd" ] || rm -f "$p"
-	done
+	rm -f "$cache_dir"/initrd-"$kver"-*.cpio.gz
+	build_initrd "$tmp/initrd" >"$initrd.new" || fail "cannot build the initramfs"
+	mv "$initrd.new" "$initrd"
 	rm -rf "$tmp/initrd"
 fi
+vmlinux=$cache_dir/vmlinux-$kver-$(stat -c %s-%Y "$kernel")
+if [ ! -f "$vmlinux" ]; then
+	rm -f "$cache_dir/vmlinux-$kver-"*
+	if extract_vmlinux "$kernel" >"$vmlinux.new" 2>/dev/null &&
+		[ "$(head -c 4 "$vmlinux.new" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] &&
+		readelf -n "$vmlinux.new" 2>/dev/null | grep -q 'Xen.*0x00000012'; then
+		mv "$vmlinux.new" "$vmlinux"
+	else
+		rm -f "$vmlinux.new"
+		: >"$vmlinux" # remember the failure: boot the bzImage
+	fi
+fi
+exec {lockfd}>&-
+boot_kernel=$kernel
+[ ! -s "$vmlinux" ] || boot_kernel=$vmlinux
+bios=()
+[ ! -r /usr/share/qemu/qboot.rom ] || bios=(-bios /usr/share/qemu/qboot.rom)
 
 share=$tmp/share
 mkdir "$share"
@@ -324,7 +338,9 @@ mkdir "$share"
 # The command, as a POSIX sh script: every word single-quoted.
 squote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 {
-	printf 'cd -- %s 2>/dev/null || cd /\nunset OLDPWD\nexec' "$(squote "$PWD")"
+	printf 'cd -- %s 2>/dev/null || {\n' "$(squote "$PWD")"
+	printf '\techo "lab: note: "%s" does not exist in the VM (/tmp and /run are fresh there); running in /" >&2\n' "$(squote "$PWD")"
+	printf '\tcd /\n}\nunset OLDPWD\nexec'
 	for a in "$@"; do printf ' %s' "$(squote "$a")"; done
 	printf '\n'
 } >"$share/cmd"
@@ -377,6 +393,7 @@ outpid=$!
 cat "$tmp/err" >&2 &
 errpid=$!
 
+# shellcheck disable=SC2054 # the commas belong to qemu's option values
 qemu=(
 	qemu-system-x86_64
 	-accel tcg -cpu max -smp "$opt_smp" -m "$opt_mem"
@@ -393,11 +410,25 @@ qemu=(
 	-chardev "file,id=laberr,path=$tmp/err"
 	-device virtserialport,bus=vser.0,chardev=laberr,name=lab.stderr
 )
-timeout --kill-after=5 "$opt_timeout" "${qemu[@]}" </dev/null >"$tmp/qemu.log" 2>&1 &
+if [ "$opt_selinux" = 1 ]; then
+	qemu+=(
+		-fsdev "local,id=hostmods,path=$(realpath /lib/modules),security_model=none,readonly=on"
+		-device "virtio-9p-pci,fsdev=hostmods,mount_tag=hostmods"
+	)
+fi
+# If this script is killed outright, the parent-death signals stop timeout
+# and qemu too.
+pdeath_term=() pdeath_kill=()
+if setpriv --help 2>/dev/null | grep -q -- --pdeathsig; then
+	pdeath_term=(setpriv --pdeathsig TERM --)
+	pdeath_kill=(setpriv --pdeathsig KILL --)
+fi
+"${pdeath_term[@]}" timeout --kill-after=5 "$opt_timeout" "${pdeath_kill[@]}" "${qemu[@]}" \
+	</dev/null >"$tmp/qemu.log" 2>&1 &
 qpid=$!
 qrc=0
 wait "$qpid" || qrc=$?
-qpid=
+qpid=''
 
 # qemu is gone: end the readers (they may still wait in open() if qemu
 # never opened the FIFOs), then let them drain.
@@ -407,7 +438,7 @@ for f in "$tmp/out" "$tmp/err"; do
 done
 wait "$outpid" || true
 wait "$errpid" || true
-outpid= errpid=
+outpid='' errpid=''
 
 if [ "$opt_console" = 1 ] && [ -s "$tmp/console.log" ]; then
 	echo "lab: ---- guest console ----" >&2
