@@ -13,7 +13,8 @@
 //!    (`mount_setattr(AT_RECURSIVE)`, one atomic call).
 //! 4. `proc`: a fresh procfs for the sandbox's PID namespace.
 //! 5. `sys`: a fresh read-only sysfs (own network namespace) or the
-//!    host's, read-only from step 3.
+//!    host's, read-only from step 3; on cgroup v2 hosts the sandbox's own
+//!    cgroup subtree, read-only, on `/sys/fs/cgroup`.
 //! 6. `dev`: a tmpfs `/dev` with null, zero, full, random, urandom, tty
 //!    bound from the host, a private devpts, `/dev/shm`, the usual symlinks.
 //! 7. `scratch`: private tmpfs on `/tmp` and `/run`.
@@ -166,6 +167,18 @@ pub fn build_root(spec: &InitSpec, mut prepared: Vec<Option<OwnedFd>>) -> StepRe
             Some(c"sysfs"),
             &sys::fd_path(&sys_dir),
             Some(c"sysfs"),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        )?;
+    }
+
+    if fs.sys == SysMode::Fresh && fs.cgroup2 {
+        let cg = resolve_dir(&root, b"/sys/fs/cgroup", "sys")?;
+        step_mount(
+            "sys",
+            Some(c"cgroup2"),
+            &sys::fd_path(&cg),
+            Some(c"cgroup2"),
             libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             None,
         )?;

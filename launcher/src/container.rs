@@ -220,6 +220,7 @@ pub fn init_spec(spec: &Spec, caller_uid: u32, prepared: &[usize]) -> InitSpec {
             masked: spec.masked.iter().map(|p| bytes(p)).collect(),
             readonly: spec.readonly.iter().map(|p| bytes(p)).collect(),
             scratch_size: spec.scratch_size,
+            cgroup2: spec.network == Network::None && host_is_cgroup2(),
         },
         loopback_up: spec.network == Network::None,
         tty,
@@ -258,6 +259,16 @@ fn landlock_spec(spec: &Spec) -> Option<LandlockSpec> {
         write,
         devices: vec![b"/dev".to_vec(), b"/proc".to_vec()],
     })
+}
+
+/// Whether the host's `/sys/fs/cgroup` is a pure cgroup v2 mount.
+fn host_is_cgroup2() -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    // SAFETY: zeroed statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and writable buffer.
+    let r = unsafe { libc::statfs(c"/sys/fs/cgroup".as_ptr(), &mut st) };
+    r == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
 
 #[repr(C)]

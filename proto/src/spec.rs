@@ -119,6 +119,10 @@ pub struct FsSpec {
     pub readonly: Vec<Vec<u8>>,
     /// Size limit of the private `/tmp`, `/run` and `/dev/shm` (bytes).
     pub scratch_size: u64,
+    /// Mount the sandbox's own cgroup v2 subtree (its cgroup namespace
+    /// root) read-only on `/sys/fs/cgroup` (pure cgroup v2 hosts, fresh
+    /// sysfs only).
+    pub cgroup2: bool,
 }
 
 /// One user-requested mount.

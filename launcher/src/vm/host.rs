@@ -60,7 +60,7 @@ pub fn check_at(dev: &Path, modules: &Path) -> Result<Kvm, HostError> {
     };
     let fd = OwnedFd::from(file);
     // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int.
-    let api = unsafe { libc::ioctl(fd.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    let api = unsafe { libc::ioctl(fd.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
     if api != KVM_API_VERSION {
         return Err(HostError::Api(api));
     }
