@@ -376,10 +376,12 @@ impl Cgroup {
                 }
             }
         }
-        // The memory hierarchy always (peak memory); CPU time comes from
-        // the launcher's rusage of the reaped init, not from cpuacct.
-        self.memory_dir = dir_for(self, "memory")?;
+        // Only the hierarchies a limit needs: on v1 every hierarchy costs a
+        // task migration when init is placed, and each migration waits for
+        // an RCU grace period (about half a millisecond here). CPU time
+        // comes from the launcher's rusage, not from cpuacct.
         if let Some(m) = limits.memory {
+            self.memory_dir = dir_for(self, "memory")?;
             match self.memory_dir.clone() {
                 Some(dir) => {
                     write(&dir, "memory.limit_in_bytes", &m.to_string())?;
@@ -469,6 +471,15 @@ impl Cgroup {
 
     pub fn path(&self) -> Option<&Path> {
         self.dirs.first().map(PathBuf::as_path)
+    }
+
+    /// An fd of the (single) v2 cgroup directory, for `CLONE_INTO_CGROUP`.
+    pub fn v2_dir_fd(&self) -> Option<OwnedFd> {
+        if self.layout != "v2" {
+            return None;
+        }
+        let dir = self.dirs.first()?;
+        fs::File::open(dir).ok().map(OwnedFd::from)
     }
 
     /// Move `pid` (and so everything it will start) into the cgroup.

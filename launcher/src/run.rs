@@ -19,7 +19,7 @@ use crate::spec::{self, Caller, MountSpec, Spec, SpecError, User};
 use crate::state::{NameLock, StateError};
 use crate::{sys, tty};
 use sandbox_proto::ExitStatus;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -268,26 +268,22 @@ fn dynamic_user(
     Ok((Some(d), prepared))
 }
 
-/// A started sandbox and what the run could not enforce.
-struct Started {
-    running: Running,
-    cgroup: Option<Cgroup>,
-    /// Limits skipped in best-effort mode.
-    not_enforced: Vec<&'static str>,
-}
-
-/// Start the sandbox; when limits are asked for, the cgroup is created on a
-/// helper thread while the namespaces are being created (both take about a
-/// millisecond here), and init is placed in it before it may run anything.
-fn start_with_cgroup(spec: &Spec, prepared: Prepared) -> Result<Started, RunError> {
+/// cgroup v1 (or no limits): the cgroup is made on a helper thread while
+/// the namespaces are created (both take about a millisecond here), and
+/// init is moved into it before it may run anything.
+fn start_v1_overlapped(
+    spec: &Spec,
+    prepared: Prepared,
+    cgroup: &mut Option<Cgroup>,
+    degraded: &mut Option<CgroupError>,
+    best_effort_ok: impl Fn(&CgroupError) -> bool,
+) -> Result<Result<Running, StartError>, RunError> {
     let mut maker = (!spec.limits.is_empty()).then(|| {
         let (name, limits, best_effort) = (spec.name.clone(), spec.limits, spec.limits_best_effort);
         std::thread::spawn(move || Cgroup::create(&name, &limits, best_effort))
     });
-    let mut cgroup: Option<Cgroup> = None;
     let mut cgroup_err: Option<CgroupError> = None;
-    let mut degraded: Option<CgroupError> = None;
-    let started = container::start(spec, prepared, |pid| {
+    let started = container::start(spec, prepared, None, |pid| {
         let Some(handle) = maker.take() else {
             return Ok(());
         };
@@ -300,17 +296,14 @@ fn start_with_cgroup(spec: &Spec, prepared: Prepared) -> Result<Started, RunErro
         match made {
             Ok(cg) => {
                 let placed = cg.add(pid);
-                cgroup = Some(cg);
+                *cgroup = Some(cg);
                 placed.map_err(|e| StartError::Sys {
                     what: "cannot move the sandbox into its cgroup",
                     reason: e.to_string(),
                 })
             }
-            // Best effort: no usable cgroup at all means no limit holds.
-            Err(e @ (CgroupError::NoController { .. } | CgroupError::NotDelegated { .. }))
-                if spec.limits_best_effort =>
-            {
-                degraded = Some(e);
+            Err(e) if best_effort_ok(&e) => {
+                *degraded = Some(e);
                 Ok(())
             }
             Err(e) => {
@@ -330,6 +323,51 @@ fn start_with_cgroup(spec: &Spec, prepared: Prepared) -> Result<Started, RunErro
     if let Some(e) = cgroup_err {
         return Err(e.into());
     }
+    Ok(started)
+}
+
+/// A started sandbox and what the run could not enforce.
+struct Started {
+    running: Running,
+    cgroup: Option<Cgroup>,
+    /// Limits skipped in best-effort mode.
+    not_enforced: Vec<&'static str>,
+}
+
+/// Start the sandbox; when limits are asked for, the cgroup is created on a
+/// helper thread while the namespaces are being created (both take about a
+/// millisecond here), and init is placed in it before it may run anything.
+fn start_with_cgroup(spec: &Spec, prepared: Prepared) -> Result<Started, RunError> {
+    let best_effort_ok = |e: &CgroupError| {
+        spec.limits_best_effort
+            && matches!(
+                e,
+                CgroupError::NoController { .. } | CgroupError::NotDelegated { .. }
+            )
+    };
+    let mut cgroup: Option<Cgroup> = None;
+    let mut degraded: Option<CgroupError> = None;
+    let started = if !spec.limits.is_empty() && container::host_is_cgroup2() {
+        // cgroup v2: make the cgroup first, then start init directly in it
+        // (CLONE_INTO_CGROUP: no migration of a running task).
+        match Cgroup::create(&spec.name, &spec.limits, spec.limits_best_effort) {
+            Ok(cg) => cgroup = Some(cg),
+            Err(e) if best_effort_ok(&e) => degraded = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+        let dir = match &cgroup {
+            Some(cg) => Some(cg.v2_dir_fd().ok_or_else(|| CgroupError::Io {
+                path: cg.path().map(Path::to_path_buf).unwrap_or_default(),
+                reason: "cannot open the cgroup directory".into(),
+            })?),
+            None => None,
+        };
+        container::start(spec, prepared, dir.as_ref().map(AsRawFd::as_raw_fd), |_| {
+            Ok(())
+        })
+    } else {
+        start_v1_overlapped(spec, prepared, &mut cgroup, &mut degraded, best_effort_ok)?
+    };
     let running = started?;
     let mut not_enforced: Vec<&'static str> = cgroup
         .as_ref()
