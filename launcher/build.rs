@@ -91,7 +91,17 @@ fn ret_errno(errno: &str) -> Insn {
     )
 }
 
-fn compile(p: &Policy, level: &str) -> (Vec<Insn>, Vec<(String, String, String)>) {
+/// One denied call, as Rust source for a `Denied` value: name, kind,
+/// errno, syscall number, and which argument carries `value` (the ioctl
+/// request or the refused flags).
+fn entry(name: &str, kind: &str, errno: &str, nr: &str, arg: u32, value: &str) -> String {
+    format!(
+        "Denied {{ name: {name:?}, kind: {kind:?}, errno: libc::{errno}, nr: {nr} as i64, \
+         arg: {arg}, value: ({value}) as i64 }}"
+    )
+}
+
+fn compile(p: &Policy, level: &str) -> (Vec<Insn>, Vec<String>) {
     let mut prog = vec![
         insn(LD_ABS, 0, 0, "OFFSET_ARCH"),
         insn(JEQ, 1, 0, "AUDIT_ARCH_NATIVE"),
@@ -100,7 +110,7 @@ fn compile(p: &Policy, level: &str) -> (Vec<Insn>, Vec<(String, String, String)>
         insn(JGE, 0, 1, "X32_SYSCALL_BIT"),
         ret_errno("ENOSYS"),
     ];
-    // (name, kind, errno) of everything denied, for tests and docs.
+    // Everything denied, for tests and docs.
     let mut denied = Vec::new();
     for r in p.rule.iter().filter(|r| applies(&r.level, level)) {
         assert!(
@@ -111,7 +121,14 @@ fn compile(p: &Policy, level: &str) -> (Vec<Insn>, Vec<(String, String, String)>
         for name in &r.deny {
             prog.push(insn(JEQ, 0, 1, format!("libc::SYS_{name} as u32")));
             prog.push(ret_errno(&errno));
-            denied.push((name.clone(), "syscall".to_string(), errno.clone()));
+            denied.push(entry(
+                name,
+                "syscall",
+                &errno,
+                &format!("libc::SYS_{name}"),
+                0,
+                "0",
+            ));
         }
     }
     for r in p.enosys.iter().filter(|r| applies(&r.level, level)) {
@@ -122,7 +139,14 @@ fn compile(p: &Policy, level: &str) -> (Vec<Insn>, Vec<(String, String, String)>
         for name in &r.syscalls {
             prog.push(insn(JEQ, 0, 1, format!("libc::SYS_{name} as u32")));
             prog.push(ret_errno("ENOSYS"));
-            denied.push((name.clone(), "syscall".to_string(), "ENOSYS".to_string()));
+            denied.push(entry(
+                name,
+                "syscall",
+                "ENOSYS",
+                &format!("libc::SYS_{name}"),
+                0,
+                "0",
+            ));
         }
     }
     // ioctl requests, matched on the low 32 bits of argument 1.
@@ -139,7 +163,14 @@ fn compile(p: &Policy, level: &str) -> (Vec<Insn>, Vec<(String, String, String)>
         for req in ioctls {
             prog.push(insn(JEQ, 0, 1, format!("libc::{req} as u32")));
             prog.push(ret_errno("EPERM"));
-            denied.push((req.clone(), "ioctl".to_string(), "EPERM".to_string()));
+            denied.push(entry(
+                req,
+                "ioctl",
+                "EPERM",
+                "libc::SYS_ioctl",
+                1,
+                &format!("libc::{req}"),
+            ));
         }
         prog.push(insn(RET, 0, 0, "SECCOMP_RET_ALLOW"));
     }
@@ -168,10 +199,19 @@ fn compile(p: &Policy, level: &str) -> (Vec<Insn>, Vec<(String, String, String)>
         prog.push(insn(JSET, 0, 1, mask));
         prog.push(ret_errno("EPERM"));
         prog.push(insn(RET, 0, 0, "SECCOMP_RET_ALLOW"));
-        denied.push((
-            format!("{name}({})", flags.join("|")),
-            "flag".into(),
-            "EPERM".into(),
+        let label = format!("{name}({})", flags.join("|"));
+        let value = flags
+            .iter()
+            .map(|f| format!("libc::{f}"))
+            .collect::<Vec<_>>()
+            .join(" | ");
+        denied.push(entry(
+            &label,
+            "flag",
+            "EPERM",
+            &format!("libc::SYS_{name}"),
+            arg,
+            &value,
         ));
     }
     prog.push(insn(RET, 0, 0, "SECCOMP_RET_ALLOW"));
@@ -199,12 +239,8 @@ fn main() {
         }
         writeln!(out, "];").unwrap();
         writeln!(out, "pub const {konst}_DENIED: &[Denied] = &[").unwrap();
-        for (name, kind, errno) in denied {
-            writeln!(
-                out,
-                "    Denied {{ name: {name:?}, kind: {kind:?}, errno: libc::{errno} }},"
-            )
-            .unwrap();
+        for d in denied {
+            writeln!(out, "    {d},").unwrap();
         }
         writeln!(out, "];").unwrap();
     }

@@ -1645,3 +1645,67 @@ pub fn parse_env(text: &str) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// The nested lab (tests/lab/lab.sh)
+// ---------------------------------------------------------------------------
+
+/// Why the nested lab cannot run here, if it cannot.
+pub fn lab_unavailable() -> Option<String> {
+    if euid() != 0 {
+        return Some("the lab needs root".into());
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some(
+            "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into(),
+        );
+    }
+    let has_kernel = std::fs::read_dir("/boot").is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
+    });
+    if !has_kernel {
+        return Some("no Debian kernel in /boot (apt-get install linux-image-amd64)".into());
+    }
+    None
+}
+
+/// Run a script of `tests/tests/lab/` inside the lab with `lab_args`, the
+/// given extra kernel parameters, and `args` after the script; returns the
+/// `CHECK` lines' verdicts after asserting the lab itself worked.
+#[track_caller]
+pub fn run_lab_checks(lab_args: &[&str], append: &str, script: &str, args: &[String]) {
+    let root = workspace_root();
+    let out = Command::new(root.join("tests/lab/lab.sh"))
+        .args(lab_args)
+        .args(["--timeout", "600", "--", "/bin/sh"])
+        .arg(root.join("tests/tests/lab").join(script))
+        .args(args)
+        .env("LAB_APPEND", append)
+        .current_dir("/")
+        .output()
+        .expect("run the lab");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() != Some(97),
+        "the lab itself failed:\n{stderr}\n{stdout}"
+    );
+    let checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("CHECK ")).collect();
+    let failed: Vec<&&str> = checks.iter().filter(|l| !l.ends_with(" ok")).collect();
+    eprintln!(
+        "lab {script}: {}/{} checks passed",
+        checks.len() - failed.len(),
+        checks.len()
+    );
+    assert!(
+        stdout.contains("DONE"),
+        "the script did not finish:\n{stdout}\n{stderr}"
+    );
+    assert!(!checks.is_empty(), "no checks ran:\n{stdout}");
+    assert!(failed.is_empty(), "{failed:#?}\nstderr: {stderr}");
+}

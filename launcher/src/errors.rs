@@ -63,6 +63,13 @@ pub fn errno_name(errno: i32) -> &'static str {
         libc::ELOOP => "ELOOP",
         libc::EXDEV => "EXDEV",
         libc::ENOMEM => "ENOMEM",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EAGAIN => "EAGAIN",
+        libc::EBADF => "EBADF",
+        libc::EFAULT => "EFAULT",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::E2BIG => "E2BIG",
         _ => "errno",
     }
 }

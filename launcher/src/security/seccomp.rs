@@ -21,6 +21,11 @@ pub struct Denied {
     /// `syscall`, `ioctl` or `flag`.
     pub kind: &'static str,
     pub errno: i32,
+    /// The system call number (`ioctl` for ioctl rules).
+    pub nr: i64,
+    /// Which argument carries `value` (ioctl request, refused flags).
+    pub arg: u32,
+    pub value: i64,
 }
 
 const BPF_LD: u32 = 0x00;
@@ -53,7 +58,7 @@ const AUDIT_ARCH_NATIVE: u32 = 0xc000_00b7;
 const X32_SYSCALL_BIT: u32 = u32::MAX;
 
 // Generated code: arithmetic is spelled out as the policy compiler emits it.
-#[allow(clippy::identity_op)]
+#[allow(clippy::identity_op, clippy::unnecessary_cast)]
 mod generated {
     use super::*;
     include!(concat!(env!("OUT_DIR"), "/seccomp_policy.rs"));
