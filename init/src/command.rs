@@ -56,6 +56,7 @@ const K_EXEC: u8 = 6;
 const K_SYNC: u8 = 7;
 const K_SECCOMP: u8 = 8;
 const K_LANDLOCK: u8 = 9;
+const K_LABEL: u8 = 10;
 
 fn kind_step(kind: u8) -> &'static str {
     match kind {
@@ -67,6 +68,7 @@ fn kind_step(kind: u8) -> &'static str {
         K_SYNC => "sync",
         K_SECCOMP => "seccomp",
         K_LANDLOCK => "landlock",
+        K_LABEL => "security-label",
         _ => "exec",
     }
 }
@@ -89,6 +91,8 @@ struct Prepared {
     keep_caps: u64,
     seccomp: Vec<libc::sock_filter>,
     landlock: Option<crate::landlock::Ruleset>,
+    /// SELinux context for `execve`.
+    exec_label: Option<CString>,
 }
 
 fn prepare(spec: &InitSpec) -> Result<Prepared, SpawnError> {
@@ -158,6 +162,10 @@ fn prepare(spec: &InitSpec) -> Result<Prepared, SpawnError> {
         seccomp: decode_seccomp(&spec.confine.seccomp)?,
         landlock: match &spec.confine.landlock {
             Some(l) => crate::landlock::prepare(l).map_err(SpawnError::Setup)?,
+            None => None,
+        },
+        exec_label: match &spec.confine.exec_label {
+            Some(l) => Some(cstring(l.as_bytes()).map_err(|_| bad(l.as_bytes()))?),
             None => None,
         },
     })
@@ -402,6 +410,9 @@ fn child_main(p: &Prepared, sync_fd: RawFd, err_fd: RawFd, slave: Option<RawFd>)
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         close_range_cloexec(3);
+        if let Some(label) = &p.exec_label {
+            set_exec_label(label, err_fd);
+        }
         if let Some(ruleset) = &p.landlock {
             if let Err(e) = ruleset.restrict() {
                 fail(err_fd, K_LANDLOCK, e);
@@ -499,6 +510,29 @@ fn set_capabilities(keep: u64, err_fd: RawFd) {
                 unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0) };
             ok_or_fail(ret.into(), err_fd, K_PRIVS);
         }
+    }
+}
+
+/// Ask SELinux to run the next `execve` in `label`.
+fn set_exec_label(label: &CString, err_fd: RawFd) {
+    // SAFETY: opening a procfs file; the fd is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/thread-self/attr/exec".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        fail(err_fd, K_LABEL, sys::errno());
+    }
+    let bytes = label.as_bytes();
+    // SAFETY: writing the label bytes to our own fd.
+    let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    let e = sys::errno();
+    // SAFETY: closing the fd we opened.
+    unsafe { libc::close(fd) };
+    if n != bytes.len() as isize {
+        fail(err_fd, K_LABEL, if n < 0 { e } else { libc::EIO });
     }
 }
 

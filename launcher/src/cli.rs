@@ -178,6 +178,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "MODE")]
     pub landlock: Option<LandlockArg>,
 
+    /// SELinux label of the command: dynamic (a unique MCS pair),
+    /// static:CONTEXT, inherit, or none (default)
+    #[arg(long = "security-label", value_name = "MODE")]
+    pub security_label: Option<String>,
+
     /// Keep this capability in the command's user namespace; repeatable.
     /// Default: none. Only capabilities that can act there are accepted
     /// (CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, KILL, SETGID,

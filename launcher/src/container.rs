@@ -228,6 +228,7 @@ pub fn init_spec(spec: &Spec, caller_uid: u32, prepared: &[usize]) -> InitSpec {
             caps: spec.cap_add.clone(),
             seccomp: crate::security::seccomp::encode(spec.seccomp.program()),
             landlock: landlock_spec(spec),
+            exec_label: spec.exec_label.clone(),
         },
     }
 }

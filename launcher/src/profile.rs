@@ -69,6 +69,8 @@ pub struct Profile {
     pub seccomp: Option<Spanned<String>>,
     /// `auto`, `require` or `off`.
     pub landlock: Option<Spanned<String>>,
+    /// `dynamic`, `static:CONTEXT`, `inherit` or `none`.
+    pub security_label: Option<Spanned<String>>,
     /// Capabilities kept inside the sandbox's user namespace.
     #[serde(default)]
     pub cap_add: Vec<Spanned<String>>,

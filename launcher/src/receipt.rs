@@ -73,6 +73,10 @@ pub fn isolation(spec: &Spec, enforced: Option<&Enforced>, limits: &[&'static st
             "user": { "uid": spec.user.uid, "gid": spec.user.gid, "dynamic": spec.dynamic_user },
             "capabilities": spec.cap_add.iter().map(|c| caps::name(*c)).collect::<Vec<_>>(),
             "landlock": landlock,
+            "security_label": {
+                "mode": spec.security_label.as_str(),
+                "context": spec.exec_label,
+            },
             "seccomp": {
                 "level": spec.seccomp.as_str(),
                 "denied": spec.seccomp.denied().iter().map(|d| d.name).collect::<Vec<_>>(),
@@ -92,6 +96,8 @@ pub struct Record<'a> {
     pub enforced: Option<Enforced>,
     /// Limits skipped in best-effort mode.
     pub limits_not_enforced: &'a [&'static str],
+    /// A security label was asked for on a host without SELinux.
+    pub label_not_enforced: bool,
     /// Limits in force and resource usage (`None`: no cgroup was used).
     pub cgroup: Option<Value>,
     pub name: Option<&'a str>,
@@ -117,7 +123,15 @@ impl Record<'_> {
             "started_at": self.started_at,
             "isolation": self
                 .spec
-                .map(|s| isolation(s, self.enforced.as_ref(), self.limits_not_enforced)),
+                .map(|s| {
+                    let mut v = isolation(s, self.enforced.as_ref(), self.limits_not_enforced);
+                    if self.label_not_enforced {
+                        if let Some(list) = v["not_enforced"].as_array_mut() {
+                            list.push("selinux-label".into());
+                        }
+                    }
+                    v
+                }),
             "resources": self.cgroup,
         })
     }

@@ -14,6 +14,7 @@ use crate::errors::{
 };
 use crate::receipt::{self, Record};
 use crate::security::dac::{self, DacError};
+use crate::security::selinux::{self, LabelError, LabelMode};
 use crate::session::{self, Outcome};
 use crate::spec::{self, Caller, MountSpec, Spec, SpecError, User};
 use crate::state::{NameLock, StateError};
@@ -34,6 +35,8 @@ pub enum RunError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Dac(#[from] DacError),
+    #[error(transparent)]
+    Label(#[from] LabelError),
     #[error(transparent)]
     Vm(#[from] crate::vm::VmError),
     #[error("invalid --json-status-fd {0}: not an open file descriptor")]
@@ -100,6 +103,7 @@ pub fn run(args: &RunArgs) -> i32 {
         spec: spec_out.as_ref(),
         enforced: ctx.enforced,
         limits_not_enforced: &ctx.limits_not_enforced,
+        label_not_enforced: ctx.label_not_enforced,
         cgroup: ctx.cgroup_info,
         name: spec_out.as_ref().map(|s: &Spec| s.name.as_str()),
         argv: &args.command,
@@ -134,6 +138,8 @@ struct RunCtx {
     enforced: Option<sandbox_proto::Enforced>,
     cgroup_info: Option<Value>,
     limits_not_enforced: Vec<&'static str>,
+    /// A label was asked for on a host without SELinux.
+    label_not_enforced: bool,
 }
 
 fn outcome_code(o: &Outcome) -> (i32, Value, bool) {
@@ -176,6 +182,7 @@ fn run_inner(
     let sigfd = sys::signalfd_for(&session::FORWARDED)
         .map_err(|e| RunError::Signals(crate::errors::io_reason(&e)))?;
     let (_dynamic, prepared) = dynamic_user(&mut spec, caller)?;
+    let _label = security_label(&mut spec, ctx)?;
     let spec: &Spec = spec_out.insert(spec);
     let before = children_rusage();
     let Started {
@@ -225,6 +232,36 @@ fn run_inner(
         "cgroup": cgroup_json,
     }));
     Ok(outcome)
+}
+
+/// Resolve `--security-label` into the context to execute the command in.
+/// Returns the dynamic label's lock, held for the run.
+fn security_label(spec: &mut Spec, ctx: &mut RunCtx) -> Result<Option<selinux::Dynamic>, RunError> {
+    if matches!(spec.security_label, LabelMode::None | LabelMode::Inherit) {
+        return Ok(None);
+    }
+    if !selinux::enabled() {
+        eprintln!(
+            "sandbox: warning: SELinux is disabled on this host: the security label ({}) is not \
+             enforced",
+            spec.security_label.as_str()
+        );
+        ctx.label_not_enforced = true;
+        return Ok(None);
+    }
+    match spec.security_label.clone() {
+        LabelMode::Static(c) => {
+            selinux::check_context(&c)?;
+            spec.exec_label = Some(c);
+            Ok(None)
+        }
+        _ => {
+            let d = selinux::allocate()?;
+            selinux::check_context(&d.context)?;
+            spec.exec_label = Some(d.context.clone());
+            Ok(Some(d))
+        }
+    }
 }
 
 /// Mounts the launcher made itself: (index in `Spec::mounts`, mount fd).

@@ -172,6 +172,10 @@ pub struct Spec {
     /// Capabilities kept (numbers), sorted and unique.
     pub cap_add: Vec<u8>,
     pub limits: crate::cgroup::Limits,
+    pub security_label: crate::security::selinux::LabelMode,
+    /// The SELinux context the command is executed in, filled in by the
+    /// launcher from `security_label` (`None`: inherited).
+    pub exec_label: Option<String>,
     /// Run in a micro-VM (`--vm`), with this guest kernel if given.
     pub vm: bool,
     pub vm_kernel: Option<PathBuf>,
@@ -680,6 +684,14 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
             .ok_or_else(|| at(s, "expected \"default\", \"strict\" or \"off\"".into()))?,
         (None, None) => seccomp::Level::Default,
     };
+    let security_label = match (&args.security_label, &p.security_label) {
+        (Some(l), _) => crate::security::selinux::LabelMode::parse(l)
+            .map_err(|why| invalid("security label", l, why))?,
+        (None, Some(l)) => {
+            crate::security::selinux::LabelMode::parse(l.get_ref()).map_err(|why| at(l, why))?
+        }
+        (None, None) => crate::security::selinux::LabelMode::None,
+    };
     let landlock = match (args.landlock, &p.landlock) {
         (Some(LandlockArg::Off), _) => Landlock::Off,
         (Some(LandlockArg::Auto), _) => Landlock::Auto,
@@ -743,6 +755,8 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
         dynamic_user,
         vm: args.vm,
         vm_kernel: args.kernel.clone(),
+        security_label,
+        exec_label: None,
     })
 }
 

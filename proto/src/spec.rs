@@ -42,6 +42,10 @@ pub struct Confine {
     pub seccomp: Vec<u64>,
     /// Landlock rules; `None`: Landlock off.
     pub landlock: Option<LandlockSpec>,
+    /// SELinux context the command is executed in (written to
+    /// `/proc/thread-self/attr/exec` just before `execve`); `None`: keep
+    /// the inherited one.
+    pub exec_label: Option<String>,
 }
 
 /// The filesystem view enforced a second time with Landlock.

@@ -4,3 +4,4 @@
 pub mod caps;
 pub mod dac;
 pub mod seccomp;
+pub mod selinux;
