@@ -27,15 +27,7 @@ const EXIT_PROTOCOL: i32 = 2;
 const EXIT_LAUNCHER_GONE: i32 = 3;
 
 /// Signals the launcher may forward; also the ones init catches itself.
-const FORWARDED: [libc::c_int; 7] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-];
+use sandbox_proto::unix::FORWARDED_SIGNALS as FORWARDED;
 
 fn main() {
     std::process::exit(run());

@@ -16,15 +16,7 @@ use crate::sys;
 use crate::tty;
 
 /// Signals the launcher catches and forwards to the command.
-pub const FORWARDED: [libc::c_int; 7] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-];
+pub use sandbox_proto::unix::FORWARDED_SIGNALS as FORWARDED;
 
 /// How the run ended.
 #[derive(Debug, Clone)]
