@@ -18,6 +18,7 @@ build:
 install: build
 	install -D -m 0755 target/$(MUSL)/release/sandbox $(DESTDIR)$(PREFIX)/bin/sandbox
 	install -D -m 0755 target/$(MUSL)/release/sandbox-init $(DESTDIR)$(PREFIX)/libexec/sandbox/sandbox-init
+	install -D -m 0644 launcher/policy/selinux/sandbox.cil $(DESTDIR)$(PREFIX)/share/sandbox/selinux/sandbox.cil
 	install -d $(DESTDIR)$(PREFIX)/share/man/man1
 	$(DESTDIR)$(PREFIX)/bin/sandbox man --out-dir $(DESTDIR)$(PREFIX)/share/man/man1
 	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions

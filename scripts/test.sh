@@ -14,7 +14,8 @@ need_pkgs=()
 # qemu-system-x86, linux-image-amd64, busybox-static and cpio are for the
 # nested lab (tests/lab): cgroup v2 is tested there.
 for p in bubblewrap hyperfine util-linux iproute2 procps time python3 \
-    qemu-system-x86 linux-image-amd64 busybox-static cpio; do
+    qemu-system-x86 linux-image-amd64 busybox-static cpio \
+    selinux-policy-default policycoreutils; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then

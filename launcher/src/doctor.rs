@@ -183,21 +183,33 @@ pub fn checks() -> Vec<Check> {
         required: false,
     });
     let selinux = fs::read_to_string("/sys/fs/selinux/enforce").ok();
+    let module = selinux.is_some()
+        && crate::security::selinux::check_context(&format!(
+            "{}:s0",
+            crate::security::selinux::DYNAMIC_DOMAIN
+        ))
+        .is_ok();
     out.push(Check {
         feature: "selinux labels",
-        status: if selinux.is_some() {
-            "degraded"
-        } else {
-            "missing"
+        status: match (&selinux, module) {
+            (Some(_), true) => "ok",
+            (Some(_), false) => "degraded",
+            (None, _) => "missing",
         },
-        detail: match selinux.as_deref().map(str::trim) {
-            Some("1") => "SELinux enforcing: static:CONTEXT labels work; dynamic labels need the \
-                          sandbox policy module, not shipped in this version"
+        detail: match (selinux.as_deref().map(str::trim), module) {
+            (Some(mode), true) => format!(
+                "SELinux {}; the sandbox policy module is loaded",
+                if mode == "1" {
+                    "enforcing"
+                } else {
+                    "permissive (labels not enforced)"
+                }
+            ),
+            (Some(_), false) => "SELinux enabled: static:CONTEXT labels work; dynamic labels need \
+                                 the sandbox policy module (semodule -i \
+                                 <prefix>/share/sandbox/selinux/sandbox.cil)"
                 .into(),
-            Some(_) => {
-                "SELinux permissive: labels are applied but not enforced by the kernel".into()
-            }
-            None => "SELinux is not enabled on this host: labels cannot be enforced".into(),
+            (None, _) => "SELinux is not enabled on this host: labels cannot be enforced".into(),
         },
         required: false,
     });

@@ -235,8 +235,12 @@ fn run_inner(
 }
 
 /// Resolve `--security-label` into the context to execute the command in.
-/// Returns the dynamic label's lock, held for the run.
-fn security_label(spec: &mut Spec, ctx: &mut RunCtx) -> Result<Option<selinux::Dynamic>, RunError> {
+/// Returns the dynamic label's lock and the relabelled volumes, held for
+/// the run (labels are restored when they are dropped).
+fn security_label(
+    spec: &mut Spec,
+    ctx: &mut RunCtx,
+) -> Result<Option<(selinux::Dynamic, Vec<selinux::Relabeled>)>, RunError> {
     if matches!(spec.security_label, LabelMode::None | LabelMode::Inherit) {
         return Ok(None);
     }
@@ -258,8 +262,23 @@ fn security_label(spec: &mut Spec, ctx: &mut RunCtx) -> Result<Option<selinux::D
         _ => {
             let d = selinux::allocate()?;
             selinux::check_context(&d.context)?;
+            let file_ctx = selinux::volume_context(d.categories);
+            selinux::check_context(&file_ctx)?;
+            // Writable volumes carry the sandbox's label while it runs and
+            // get their old labels back afterwards.
+            let mut relabeled = Vec::new();
+            for m in &spec.mounts {
+                if let MountSpec::Bind {
+                    src,
+                    readonly: false,
+                    ..
+                } = m
+                {
+                    relabeled.push(selinux::relabel(src, &file_ctx)?);
+                }
+            }
             spec.exec_label = Some(d.context.clone());
-            Ok(Some(d))
+            Ok(Some((d, relabeled)))
         }
     }
 }

@@ -6,9 +6,12 @@
 //!   valid in the loaded policy (checked before anything is created).
 //! - `dynamic`: a unique MCS category pair `c1 < c2` per live sandbox (held
 //!   by an abstract-socket lock, released at exit however it happens) and
-//!   the context `system_u:system_r:sandbox_t:s0:c1,c2`. Needs the sandbox
-//!   policy module, which this version does not ship yet: on a host whose
-//!   policy lacks `sandbox_t` the run fails closed and says so.
+//!   the context `system_u:system_r:sandbox_t:s0:c1,c2`; writable volumes
+//!   are relabelled `sandbox_file_t` at the same pair while the sandbox
+//!   runs and get their old labels back afterwards. Needs the sandbox
+//!   policy module (`launcher/policy/selinux/sandbox.cil`, installed with
+//!   `semodule -i`): on a host whose policy lacks it the run fails closed
+//!   and says so.
 //!
 //! On a host where SELinux is disabled, a requested label cannot be
 //! enforced: the run goes on and reports it on stderr and in the receipt's
@@ -95,7 +98,8 @@ pub fn check_context(ctx: &str) -> Result<(), LabelError> {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(LabelError::Invalid {
             ctx: ctx.into(),
             hint: if ctx.starts_with(DYNAMIC_DOMAIN) {
-                " (dynamic labels need the sandbox policy module, not shipped in this version)"
+                " (dynamic labels need the sandbox policy module: semodule -i \
+                 <prefix>/share/sandbox/selinux/sandbox.cil)"
             } else {
                 ""
             },
@@ -145,6 +149,114 @@ pub fn allocate() -> Result<Dynamic, LabelError> {
         }
     }
     Err(LabelError::Exhausted)
+}
+
+/// The file label of a dynamic label's writable volumes.
+pub fn volume_context(categories: (u16, u16)) -> String {
+    format!(
+        "system_u:object_r:sandbox_file_t:s0:c{},c{}",
+        categories.0, categories.1
+    )
+}
+
+/// Most entries relabelled in one volume (a guard against a volume that is
+/// really the whole host).
+const MAX_RELABEL: usize = 1_000_000;
+
+/// Labels changed on a volume; restored when dropped.
+#[derive(Debug)]
+pub struct Relabeled {
+    saved: Vec<(std::ffi::CString, Option<Vec<u8>>)>,
+}
+
+const XATTR: &std::ffi::CStr = c"security.selinux";
+
+fn get_label(path: &std::ffi::CStr) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid path and name; `buf` has the length passed.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            XATTR.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+fn set_label(path: &std::ffi::CStr, label: &[u8]) -> io::Result<()> {
+    // SAFETY: valid path, name and value buffer.
+    let r = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            XATTR.as_ptr(),
+            label.as_ptr().cast(),
+            label.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Label every entry under `root` (symlinks themselves, never followed;
+/// other filesystems below it are not entered) with `context`.
+pub fn relabel(root: &std::path::Path, context: &str) -> Result<Relabeled, LabelError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let err = |p: &std::path::Path, e: io::Error| LabelError::Check {
+        ctx: format!("{context} on {}", p.display()),
+        reason: io_reason(&e),
+    };
+    let dev = std::fs::symlink_metadata(root)
+        .map_err(|e| err(root, e))?
+        .dev();
+    let mut out = Relabeled { saved: Vec::new() };
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if out.saved.len() >= MAX_RELABEL {
+            return Err(err(root, io::Error::other("too many files to relabel")));
+        }
+        let meta = std::fs::symlink_metadata(&p).map_err(|e| err(&p, e))?;
+        if meta.dev() != dev {
+            continue;
+        }
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| err(&p, io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let old = get_label(&c);
+        set_label(&c, context.as_bytes()).map_err(|e| err(&p, e))?;
+        out.saved.push((c, old));
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).map_err(|e| err(&p, e))? {
+                stack.push(e.map_err(|e| err(&p, e))?.path());
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Drop for Relabeled {
+    fn drop(&mut self) {
+        for (path, old) in self.saved.drain(..).rev() {
+            match old {
+                Some(label) => {
+                    let _ = set_label(&path, &label);
+                }
+                // SAFETY: valid path and name.
+                None => unsafe {
+                    libc::lremovexattr(path.as_ptr(), XATTR.as_ptr());
+                },
+            }
+        }
+    }
 }
 
 #[cfg(test)]
