@@ -365,15 +365,24 @@ impl Cgroup {
             Ok(Some(dir))
         };
         // Accounting hierarchies, always (peak memory and CPU time).
-        // Stale sandbox cgroups are found in one hierarchy and removed from
-        // all of them (one directory scan instead of one per hierarchy).
-        if let Some((mnt, own)) = h.get("memory").or_else(|| h.values().next()) {
-            let stale = stale_names(&mnt.join(own.trim_start_matches('/')), "sandbox-");
-            for (mnt, own) in h.values() {
-                let parent = mnt.join(own.trim_start_matches('/'));
-                for n in &stale {
-                    let _ = fs::remove_dir(parent.join(format!("sandbox-{n}")));
-                }
+        // Stale sandbox cgroups (of killed launchers) may be in any
+        // hierarchy a past run used: scan each distinct parent once, and
+        // remove every stale name from all of them.
+        let mut parents: Vec<PathBuf> = h
+            .values()
+            .map(|(mnt, own)| mnt.join(own.trim_start_matches('/')))
+            .collect();
+        parents.sort();
+        parents.dedup();
+        let mut stale: Vec<String> = parents
+            .iter()
+            .flat_map(|p| stale_names(p, "sandbox-"))
+            .collect();
+        stale.sort();
+        stale.dedup();
+        for parent in &parents {
+            for n in &stale {
+                let _ = fs::remove_dir(parent.join(format!("sandbox-{n}")));
             }
         }
         // Only the hierarchies a limit needs: on v1 every hierarchy costs a

@@ -253,6 +253,14 @@ fn security_label(
         ctx.label_not_enforced = true;
         return Ok(None);
     }
+    if !selinux::enforcing() {
+        eprintln!(
+            "sandbox: warning: SELinux is permissive on this host: the security label ({}) is \
+             applied but not enforced",
+            spec.security_label.as_str()
+        );
+        ctx.label_not_enforced = true;
+    }
     match spec.security_label.clone() {
         LabelMode::Static(c) => {
             selinux::check_context(&c)?;

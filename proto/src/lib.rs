@@ -24,7 +24,7 @@ pub use spec::*;
 pub mod unix;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame either side accepts (argv + environment can approach
 /// `ARG_MAX`, 2 MiB on Linux, so leave room above that).

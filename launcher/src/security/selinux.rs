@@ -87,6 +87,11 @@ pub fn enabled() -> bool {
     std::path::Path::new("/sys/fs/selinux/enforce").exists()
 }
 
+/// Whether SELinux is enforcing (not permissive).
+pub fn enforcing() -> bool {
+    std::fs::read_to_string("/sys/fs/selinux/enforce").is_ok_and(|s| s.trim() == "1")
+}
+
 /// Ask the kernel whether `ctx` is valid in the loaded policy.
 pub fn check_context(ctx: &str) -> Result<(), LabelError> {
     let r = std::fs::OpenOptions::new()
