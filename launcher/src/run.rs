@@ -285,6 +285,9 @@ fn security_label(
                     relabeled.push(selinux::relabel(src, &file_ctx)?);
                 }
             }
+            // Restored in the reverse order: a volume given twice (or one
+            // inside another) ends up with its original labels.
+            relabeled.reverse();
             spec.exec_label = Some(d.context.clone());
             Ok(Some((d, relabeled)))
         }

@@ -1,7 +1,8 @@
 //! SELinux labels under an enforcing policy (the nested lab, --selinux):
 //! a static label is what the command runs with, an invalid context is
-//! refused before anything starts, and dynamic labels fail closed while
-//! the sandbox policy module is not installed.
+//! refused before anything starts, dynamic labels fail closed while the
+//! sandbox policy module is not loaded, and with it loaded they keep
+//! sandboxes apart (MCS).
 
 use sandbox_e2e::*;
 
