@@ -33,6 +33,9 @@ pub struct Child {
     pub master: Option<OwnedFd>,
     /// Landlock ABI applied to the command (0: none).
     pub landlock_abi: u32,
+    /// Relayed stdio (labelled runs): init's ends of the command's stdin,
+    /// stdout and stderr sockets.
+    pub relay: Option<[OwnedFd; 3]>,
 }
 
 /// Why the command did not start.
@@ -242,6 +245,12 @@ pub fn spawn(spec: &InitSpec) -> Result<Child, SpawnError> {
         Some(t) => Some(open_pty(spec, t.rows, t.cols).map_err(SpawnError::Setup)?),
         None => None,
     };
+    // A labelled command cannot use the caller's stdio when it carries a
+    // category range (MCS): give it sockets made at level s0 and relay.
+    let relay = match (&spec.confine.exec_label, &pty) {
+        (Some(_), None) => Some(relay_sockets().map_err(SpawnError::Setup)?),
+        _ => None,
+    };
     let pipe_err = |e| SpawnError::Setup(StepError::new("exec", "pipe", e));
     let (sync_r, sync_w) = sys::pipe().map_err(pipe_err)?;
     let (err_r, err_w) = sys::pipe().map_err(pipe_err)?;
@@ -270,7 +279,10 @@ pub fn spawn(spec: &InitSpec) -> Result<Child, SpawnError> {
         drop(sync_w);
         drop(err_r);
         let slave = pty.as_ref().map(|(_, s)| s.as_raw_fd());
-        child_main(&prep, sync_r.as_raw_fd(), err_w.as_raw_fd(), slave);
+        let stdio = relay
+            .as_ref()
+            .map(|r| [r[0].1.as_raw_fd(), r[1].1.as_raw_fd(), r[2].1.as_raw_fd()]);
+        child_main(&prep, sync_r.as_raw_fd(), err_w.as_raw_fd(), slave, stdio);
     }
     let pid = pid as libc::pid_t;
     drop(sync_r);
@@ -299,10 +311,12 @@ pub fn spawn(spec: &InitSpec) -> Result<Child, SpawnError> {
     }
     if got == 0 {
         let landlock_abi = prep.landlock.as_ref().map_or(0, |r| r.abi);
+        let relay = relay.map(|[(a, _), (b, _), (c, _)]| [a, b, c]);
         return Ok(Child {
             pid,
             master,
             landlock_abi,
+            relay,
         });
     }
     // SAFETY: reaping our own child, which exits right after reporting.
@@ -355,7 +369,13 @@ fn ok_or_fail(ret: libc::c_long, err_fd: RawFd, kind: u8) {
 }
 
 /// The child between `clone` and `execve`. Allocates nothing.
-fn child_main(p: &Prepared, sync_fd: RawFd, err_fd: RawFd, slave: Option<RawFd>) -> ! {
+fn child_main(
+    p: &Prepared,
+    sync_fd: RawFd,
+    err_fd: RawFd,
+    slave: Option<RawFd>,
+    stdio: Option<[RawFd; 3]>,
+) -> ! {
     let mut b = [0u8; 1];
     match sys::read(sync_fd, &mut b) {
         Ok(1) => {}
@@ -370,6 +390,11 @@ fn child_main(p: &Prepared, sync_fd: RawFd, err_fd: RawFd, slave: Option<RawFd>)
             ok_or_fail(libc::ioctl(s, libc::TIOCSCTTY, 0).into(), err_fd, K_TTY);
             for target in 0..3 {
                 ok_or_fail(libc::dup2(s, target).into(), err_fd, K_TTY);
+            }
+        }
+        if let Some(fds) = stdio {
+            for (target, fd) in fds.iter().enumerate() {
+                ok_or_fail(libc::dup2(*fd, target as RawFd).into(), err_fd, K_LABEL);
             }
         }
         // Keep the permitted set across the uid change below so that the
@@ -510,6 +535,58 @@ fn set_capabilities(keep: u64, err_fd: RawFd) {
                 unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0) };
             ok_or_fail(ret.into(), err_fd, K_PRIVS);
         }
+    }
+}
+
+/// Three socketpairs for relayed stdio, created at init's own context
+/// lowered to level `s0` (`attr/sockcreate`), so that a command with any
+/// category pair may use them. Returns (init's end, command's end).
+fn relay_sockets() -> Result<[(OwnedFd, OwnedFd); 3], StepError> {
+    let current = std::fs::read_to_string("/proc/thread-self/attr/current").map_err(|e| {
+        StepError::new(
+            "security-label",
+            "attr/current",
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    })?;
+    let current = current.trim_end_matches(['\0', '\n']);
+    let base: Vec<&str> = current.splitn(4, ':').take(3).collect();
+    let low = format!("{}:s0", base.join(":"));
+    let set = |ctx: &[u8]| {
+        std::fs::write("/proc/thread-self/attr/sockcreate", ctx).map_err(|e| {
+            StepError::new(
+                "security-label",
+                "attr/sockcreate",
+                e.raw_os_error().unwrap_or(libc::EIO),
+            )
+        })
+    };
+    set(low.as_bytes())?;
+    let mut pairs = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two descriptors.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            let e = sys::errno();
+            let _ = set(b"");
+            return Err(StepError::new("security-label", "socketpair", e));
+        }
+        // SAFETY: two fresh descriptors owned by nobody else.
+        pairs.push(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) });
+    }
+    set(b"")?;
+    let mut it = pairs.into_iter();
+    match (it.next(), it.next(), it.next()) {
+        (Some(a), Some(b), Some(c)) => Ok([a, b, c]),
+        _ => Err(StepError::new("security-label", "socketpair", libc::EIO)),
     }
 }
 

@@ -12,6 +12,7 @@
 mod chan;
 mod command;
 mod landlock;
+mod relay;
 mod setup;
 mod sys;
 
@@ -67,7 +68,7 @@ fn run() -> i32 {
         let _ = chan::send(&InitMsg::SetupFailed(e.into_proto()), None);
         return EXIT_SETUP_FAILED;
     }
-    let child = match command::spawn(&spec) {
+    let mut child = match command::spawn(&spec) {
         Ok(c) => c,
         Err(command::SpawnError::Setup(e)) => {
             let _ = chan::send(&InitMsg::SetupFailed(e.into_proto()), None);
@@ -89,6 +90,8 @@ fn run() -> i32 {
             return EXIT_SETUP_FAILED;
         }
     };
+    // Labelled runs relay stdio (see relay.rs): keep the caller's 0-2.
+    let relay = child.relay.take().map(relay::Relay::new);
     detach_stdio();
     let started = InitMsg::Started {
         pid: child.pid,
@@ -103,7 +106,7 @@ fn run() -> i32 {
     }
     // The launcher now owns the pty master; ours would keep it alive.
     drop(child.master);
-    supervise(child.pid, &sigfd, rx)
+    supervise(child.pid, &sigfd, rx, relay)
 }
 
 /// Block the signals init handles and return a signalfd for them.
@@ -165,7 +168,12 @@ fn forward(pid: libc::pid_t, sig: i32) {
 }
 
 /// Supervise until the command exits; returns init's exit code.
-fn supervise(pid: libc::pid_t, sigfd: &OwnedFd, mut rx: Receiver) -> i32 {
+fn supervise(
+    pid: libc::pid_t,
+    sigfd: &OwnedFd,
+    mut rx: Receiver,
+    mut relay: Option<relay::Relay>,
+) -> i32 {
     // Signals that arrived with the start request.
     while let Some(m) = rx.buffered() {
         if let HostMsg::Signal(s) = m {
@@ -173,7 +181,8 @@ fn supervise(pid: libc::pid_t, sigfd: &OwnedFd, mut rx: Receiver) -> i32 {
         }
     }
     loop {
-        let mut fds = [
+        let rfds = relay.as_ref().map(relay::Relay::pollfds);
+        let mut fds = vec![
             libc::pollfd {
                 fd: sigfd.as_raw_fd(),
                 events: libc::POLLIN,
@@ -185,10 +194,14 @@ fn supervise(pid: libc::pid_t, sigfd: &OwnedFd, mut rx: Receiver) -> i32 {
                 revents: 0,
             },
         ];
-        // SAFETY: `fds` is a valid array of two pollfd.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        fds.extend(rfds.iter().flatten());
+        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
             continue;
+        }
+        if let Some(r) = relay.as_mut() {
+            r.handle(&fds[2..]);
         }
         if fds[0].revents & libc::POLLIN != 0 {
             // SAFETY: zeroed siginfo is a valid buffer.
@@ -207,6 +220,9 @@ fn supervise(pid: libc::pid_t, sigfd: &OwnedFd, mut rx: Receiver) -> i32 {
                 if sig == libc::SIGCHLD {
                     if let Some(status) = reap(pid) {
                         kill_all();
+                        if let Some(r) = relay.as_mut() {
+                            r.drain();
+                        }
                         let _ = chan::send(&InitMsg::Exited(status), None);
                         return 0;
                     }

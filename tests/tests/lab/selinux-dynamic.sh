@@ -3,9 +3,9 @@
 # $1: the sandbox launcher. $2: a directory holding the policy built with
 # the sandbox module (etc/selinux/default/policy of an alternate root).
 #
-# The sandboxed commands write their results into their own volume, not to
-# stdout: the caller's pipes carry the lab shell's category range, which an
-# MCS-constrained sandbox may not write (see docs/security.md).
+# The caller's pipes carry the lab shell's category range, which an
+# MCS-constrained sandbox may not use directly: init relays stdio for
+# labelled runs (checked below); most checks also write into volumes.
 S=$1
 POL=$2
 check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $2"; fi; }
@@ -21,6 +21,16 @@ case "$rc:$l1" in 0:system_u:system_r:sandbox_t:s0:c*,c*) check dynamic-label-ap
 $Q dynamic -v /tmp/o2:/tmp/o:rw -- sh -c 'cat /proc/self/attr/current > /tmp/o/label' </dev/null >/dev/null 2>&1
 l2=$(tr -d '\0' < /tmp/o2/label 2>/dev/null)
 [ -n "$l2" ] && [ "$l1" != "$l2" ] && check dynamic-labels-differ ok || check dynamic-labels-differ "[$l1] [$l2]"
+
+# stdio through pipes of this (category-range) shell: relayed by init.
+out=$(echo in | $Q dynamic -- sh -c 'cat; echo out; echo err >&2' 2>&1); rc=$?
+[ "$rc:$out" = "0:in
+out
+err" ] && check stdio-relayed ok || check stdio-relayed "rc=$rc [$out]"
+out=$(yes | head -c 100000 | $Q dynamic -- sh -c 'wc -c' 2>&1); rc=$?
+[ "$rc:$out" = "0:100000" ] && check stdin-bulk ok || check stdin-bulk "rc=$rc [$out]"
+out=$(yes | $Q dynamic -- true 2>&1); rc=$?
+[ "$rc" = 0 ] && check unread-stdin-does-not-block ok || check unread-stdin-does-not-block "rc=$rc [$out]"
 
 mkdir -p /tmp/vol && echo data > /tmp/vol/f
 before=$(label /tmp/vol/f)
