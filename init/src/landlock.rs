@@ -172,21 +172,8 @@ fn allow_stdio(ruleset: &OwnedFd, handled: u64) -> Result<(), StepError> {
         if kind == libc::S_IFCHR {
             access |= IOCTL_DEV;
         }
-        let attr = PathBeneath {
-            allowed_access: access & handled,
-            parent_fd: fd,
-        };
-        // SAFETY: `attr` is a valid packed path-beneath attribute.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_landlock_add_rule,
-                ruleset.as_raw_fd(),
-                RULE_PATH_BENEATH,
-                &attr as *const PathBeneath,
-                0u32,
-            )
-        };
-        sys::check(r).map_err(|e| StepError::new("landlock", format!("stdio fd {fd}"), e))?;
+        add_beneath(ruleset, fd, access & handled)
+            .map_err(|e| StepError::new("landlock", format!("stdio fd {fd}"), e))?;
     }
     Ok(())
 }
@@ -206,9 +193,15 @@ fn add_rule(ruleset: &OwnedFd, path: &[u8], access: u64) -> Result<(), StepError
     } else {
         access & (EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV)
     };
+    add_beneath(ruleset, target.as_raw_fd(), access)
+        .map_err(|e| StepError::new("landlock", path, e))
+}
+
+/// `landlock_add_rule(PATH_BENEATH)` granting `access` under `fd`.
+fn add_beneath(ruleset: &OwnedFd, fd: i32, access: u64) -> Result<(), sys::Errno> {
     let attr = PathBeneath {
         allowed_access: access,
-        parent_fd: target.as_raw_fd(),
+        parent_fd: fd,
     };
     // SAFETY: `attr` is a valid packed path-beneath attribute.
     let r = unsafe {
@@ -220,9 +213,7 @@ fn add_rule(ruleset: &OwnedFd, path: &[u8], access: u64) -> Result<(), StepError
             0u32,
         )
     };
-    sys::check(r)
-        .map_err(|e| StepError::new("landlock", path, e))
-        .map(drop)
+    sys::check(r).map(drop)
 }
 
 impl Ruleset {
