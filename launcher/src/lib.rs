@@ -8,6 +8,7 @@ pub mod cli;
 pub mod container;
 pub mod doctor;
 pub mod errors;
+pub mod fs_share;
 pub mod initbin;
 pub mod profile;
 pub mod receipt;

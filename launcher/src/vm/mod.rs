@@ -6,8 +6,10 @@
 //! being built next; until then `--vm` stops after the checks with exit
 //! status 125 and says so. See docs/vm.md.
 
+pub mod bus;
 pub mod host;
 pub mod kernel;
+pub mod virtio;
 
 use crate::spec::Spec;
 
