@@ -47,6 +47,14 @@ cargo clippy -p sandbox -p sandbox-init --target x86_64-unknown-linux-musl -- -D
 log "build (sandbox, and sandbox-init for musl)"
 cargo build -p sandbox
 cargo build -p sandbox -p sandbox-init --target x86_64-unknown-linux-musl
+# The micro-VM tests boot our own guest kernel: build it (cached by the
+# hash of its configuration, so only the first run pays the ~5 minutes).
+log "guest kernel (scripts/build-kernel.sh, cached)"
+if [[ $(id -u) -eq 0 ]]; then
+    scripts/build-kernel.sh --jobs "$(nproc)"
+else
+    echo "SKIP: guest kernel build: not root (the VM tests will say so)"
+fi
 log "tests"
 cargo nextest run --workspace --no-fail-fast "$@"
 

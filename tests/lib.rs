@@ -1674,6 +1674,20 @@ pub fn lab_unavailable() -> Option<String> {
     None
 }
 
+/// Why the micro-VM guest kernel is missing, if it is (scripts/test.sh
+/// builds and installs it with scripts/build-kernel.sh before the tests).
+pub fn guest_kernel_unavailable() -> Option<String> {
+    let dirs = sandbox::vm::kernel::search_dirs();
+    let found = dirs
+        .iter()
+        .any(|d| d.join("vmlinux").is_file() || d.join("bzImage").is_file());
+    (!found).then(|| {
+        format!(
+            "no guest kernel installed (looked in {dirs:?}); run scripts/build-kernel.sh"
+        )
+    })
+}
+
 /// Run a script of `tests/tests/lab/` inside the lab with `lab_args`, the
 /// given extra kernel parameters, and `args` after the script; returns the
 /// `CHECK` lines' verdicts after asserting the lab itself worked.

@@ -10,6 +10,7 @@ pub const EXIT_CODES_HELP: &str = "\
 EXIT STATUS:
   N        the command's own exit status (0-255)
   128+N    the command was killed by signal N
+  122      --vm: the guest failed (kernel panic, unexpected reset, triple fault)
   123      the sandbox exceeded its --memory limit and was killed
   124      --timeout expired and the command was stopped
   125      the sandbox itself failed (a one-line reason is printed)
@@ -143,8 +144,8 @@ pub struct RunArgs {
     #[arg(short = 'i', long)]
     pub interactive: bool,
 
-    /// Run in a KVM micro-VM instead of namespaces (host checks only in
-    /// this version; see docs/vm.md)
+    /// Run in a KVM micro-VM of our own instead of namespaces: our guest
+    /// kernel, the host shared in read-only, the same init (docs/vm.md)
     #[arg(long)]
     pub vm: bool,
 

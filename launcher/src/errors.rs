@@ -4,6 +4,7 @@
 //! |--------|---------|
 //! | 0-255  | the command's own exit status |
 //! | 128+N  | the command was killed by signal N |
+//! | 122    | `--vm`: the guest itself failed (kernel panic, unexpected reset, triple fault) |
 //! | 123    | the sandbox exceeded its memory limit and was killed |
 //! | 124    | `--timeout` expired; the command was stopped |
 //! | 125    | the sandbox itself failed (one-line reason on stderr) |
@@ -12,6 +13,8 @@
 //!
 //! The same table is in the README, `sandbox --help` and the man page.
 
+/// `--vm`: the guest failed (kernel panic, reset, triple fault).
+pub const EXIT_GUEST: i32 = 122;
 /// The sandbox ran out of memory (its `--memory` limit) and was killed.
 pub const EXIT_OOM: i32 = 123;
 /// `--timeout` expired.

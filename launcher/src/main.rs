@@ -71,6 +71,9 @@ the command's own exit status
 .B 128+N
 the command was killed by signal N
 .TP
+.B 122
+\-\-vm: the guest itself failed (kernel panic, unexpected reset, triple fault)
+.TP
 .B 123
 the sandbox exceeded its \-\-memory limit and was killed (out of memory)
 .TP

@@ -100,6 +100,8 @@ pub struct Record<'a> {
     pub label_not_enforced: bool,
     /// Limits in force and resource usage (`None`: no cgroup was used).
     pub cgroup: Option<Value>,
+    /// The micro-VM's shape and boot times (`None`: namespace backend).
+    pub vm: Option<Value>,
     pub name: Option<&'a str>,
     pub argv: &'a [std::ffi::OsString],
     pub exit_code: i32,
@@ -133,6 +135,7 @@ impl Record<'_> {
                     v
                 }),
             "resources": self.cgroup,
+            "vm": self.vm,
         })
     }
 }

@@ -10,7 +10,7 @@ use crate::cli::RunArgs;
 use crate::container::Running;
 use crate::container::{self, StartError};
 use crate::errors::{
-    signal_status, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_OOM, EXIT_SANDBOX, EXIT_TIMEOUT,
+    signal_status, EXIT_CANNOT_EXEC, EXIT_GUEST, EXIT_NOT_FOUND, EXIT_OOM, EXIT_SANDBOX, EXIT_TIMEOUT,
 };
 use crate::receipt::{self, Record};
 use crate::security::dac::{self, DacError};
@@ -69,6 +69,7 @@ pub fn run(args: &RunArgs) -> i32 {
     let result = run_inner(args, &caller, &mut spec_out, &mut ctx);
 
     let (code, status, timed_out) = match &result {
+        Ok(o) if ctx.guest_failed => (EXIT_GUEST, json!({ "guest_failed": o.status.clone().err() }), false),
         Ok(o) => outcome_code(o),
         Err(e) => {
             eprintln!("sandbox: {e}");
@@ -105,6 +106,7 @@ pub fn run(args: &RunArgs) -> i32 {
         limits_not_enforced: &ctx.limits_not_enforced,
         label_not_enforced: ctx.label_not_enforced,
         cgroup: ctx.cgroup_info,
+        vm: ctx.vm_info,
         name: spec_out.as_ref().map(|s: &Spec| s.name.as_str()),
         argv: &args.command,
         exit_code: code,
@@ -140,6 +142,10 @@ struct RunCtx {
     limits_not_enforced: Vec<&'static str>,
     /// A label was asked for on a host without SELinux.
     label_not_enforced: bool,
+    /// The micro-VM's guest failed (exit status 122).
+    guest_failed: bool,
+    /// The micro-VM's shape and boot times, for the receipt.
+    vm_info: Option<Value>,
 }
 
 fn outcome_code(o: &Outcome) -> (i32, Value, bool) {
@@ -169,18 +175,14 @@ fn run_inner(
         }
     }
     let mut spec = spec::resolve(args, caller)?;
-    if spec.vm {
-        let vm_spec: &Spec = spec_out.insert(spec);
-        return match crate::vm::run(vm_spec) {
-            Err(e) => Err(e.into()),
-            Ok(never) => match never {},
-        };
-    }
     let _name = NameLock::acquire(&spec.name)?;
     // Block the forwarded signals before the sandbox exists, so none is
     // lost between start and supervision.
     let sigfd = sys::signalfd_for(&session::FORWARDED)
         .map_err(|e| RunError::Signals(crate::errors::io_reason(&e)))?;
+    if spec.vm {
+        return run_vm(spec_out.insert(spec), &sigfd, ctx);
+    }
     let (_dynamic, prepared) = dynamic_user(&mut spec, caller)?;
     let _label = security_label(&mut spec, ctx)?;
     let spec: &Spec = spec_out.insert(spec);
@@ -232,6 +234,51 @@ fn run_inner(
         "cgroup": cgroup_json,
     }));
     Ok(outcome)
+}
+
+/// The micro-VM backend: everything runs in this process (vCPU and device
+/// threads), so its CPU time is ours.
+fn run_vm(spec: &Spec, sigfd: &OwnedFd, ctx: &mut RunCtx) -> Result<Outcome, RunError> {
+    let mut report = crate::vm::launch::VmReport::default();
+    let before = self_rusage();
+    // The pty is inside the guest; the caller's terminal is raw meanwhile
+    // (restored when the guard drops, on every path).
+    let raw = (spec.tty && tty::is_tty(0))
+        .then(|| tty::RawMode::enable(0))
+        .flatten();
+    let result = crate::vm::launch::run(spec, sigfd, &mut report);
+    drop(raw);
+    let after = self_rusage();
+    ctx.enforced = report.enforced;
+    ctx.limits_not_enforced = report.not_enforced.clone();
+    ctx.guest_failed = report.guest_failed;
+    ctx.vm_info = Some(json!({
+        "vcpus": report.vcpus,
+        "memory_mib": report.memory_mib,
+        "kernel": report.kernel,
+        "boot": "cold",
+        "init_ready_ms": report.boot_ms.map(|m| (m * 1000.0).round() / 1000.0),
+        "command_started_ms": report.started_ms.map(|m| (m * 1000.0).round() / 1000.0),
+    }));
+    ctx.cgroup_info = Some(json!({
+        "cpu_time_ms": (((after.0 - before.0) * 1000.0).round() / 1000.0),
+        "max_rss_kib_largest_process": after.1,
+        "cgroup": Value::Null,
+    }));
+    let outcome = result?;
+    if let Some(e) = report.start_error.take() {
+        return Err(RunError::Start(e));
+    }
+    Ok(outcome)
+}
+
+fn self_rusage() -> (f64, i64) {
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into `ru`.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(ru.ru_utime) + secs(ru.ru_stime), ru.ru_maxrss)
 }
 
 /// Resolve `--security-label` into the context to execute the command in.

@@ -1,0 +1,301 @@
+//! Supervising a micro-VM sandbox from the launcher's main thread.
+//!
+//! One `poll` loop over the control channel (the host end of the vsock
+//! control port), the signalfd and the machine's exit eventfd, with the
+//! `--timeout` deadline, through three phases: boot (until init's
+//! `Hello`), start (until `Started`), run (until `Exited`). The guest is
+//! untrusted: every message is checked (an exit code outside 0-255, a
+//! signal outside 1-64, a message out of order is a protocol error), and
+//! a guest that stops talking is bounded by `--timeout` and by the VM's
+//! own exit.
+//!
+//! The command's stdio does not pass through this thread: the vsock
+//! device copies it between the guest and the caller's descriptors. After
+//! `Exited`, the loop waits (at most `launch::DRAIN_TIMEOUT`) until the
+//! guest has closed its stdout and stderr connections and the device has
+//! written everything they carried.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use sandbox_proto::{ExitStatus, HostMsg, InitMsg, InitSpec, PROTOCOL_VERSION};
+
+use super::launch::{VmReport, DRAIN_TIMEOUT};
+use super::machine::{RunningMachine, VmExit};
+use super::virtio::vsock::VsockHandle;
+use crate::chan::Channel;
+use crate::container::StartError;
+use crate::session::Outcome;
+use crate::spec::Spec;
+use crate::sys;
+
+/// Everything the loop needs.
+pub struct Session<'a> {
+    pub spec: &'a Spec,
+    pub init_spec: InitSpec,
+    pub chan: Channel,
+    pub vm: &'a RunningMachine,
+    pub vsock: &'a VsockHandle,
+    pub sigfd: &'a OwnedFd,
+    /// When the VM setup started (boot time is measured from here).
+    pub t0: Instant,
+    pub report: &'a mut VmReport,
+}
+
+impl std::fmt::Debug for Session<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Boot,
+    Starting,
+    Running,
+    /// SIGTERM sent on timeout; the VM is stopped at this instant.
+    Terminating(Instant),
+    Done,
+}
+
+/// Why a run ended without an `Exited`.
+#[derive(Debug)]
+pub enum Failure {
+    /// Setup inside the guest failed (125/126/127, like the namespace
+    /// backend).
+    Start(StartError),
+    /// The guest itself failed: kernel panic, reset, triple fault (122).
+    Guest(String),
+    /// The VMM failed (125).
+    Vmm(String),
+}
+
+fn valid_status(st: ExitStatus) -> bool {
+    match st {
+        ExitStatus::Code(c) => (0..=255).contains(&c),
+        ExitStatus::Signal(s) => (1..=64).contains(&s),
+    }
+}
+
+fn describe_exit(e: Option<VmExit>) -> Failure {
+    match e {
+        Some(VmExit::Panic(line)) => Failure::Guest(format!("the guest kernel panicked: {line}")),
+        Some(VmExit::Reset) => Failure::Guest(
+            "the guest reset before the command finished (see SANDBOX_VM_CONSOLE in docs/vm.md \
+             to read its kernel log)"
+                .into(),
+        ),
+        Some(VmExit::Fatal(why)) => Failure::Vmm(format!("the VMM stopped the guest: {why}")),
+        Some(VmExit::Stopped) | None => Failure::Vmm("the VM stopped unexpectedly".into()),
+    }
+}
+
+/// Run the loop; `Err` carries the failure for the caller to report.
+pub fn run(mut s: Session<'_>) -> Outcome {
+    match run_loop(&mut s) {
+        Ok(o) => o,
+        Err(f) => {
+            let (status, guest) = match f {
+                Failure::Start(e) => {
+                    s.report.start_error = Some(e);
+                    (Err(String::new()), false)
+                }
+                Failure::Guest(why) => (Err(why), true),
+                Failure::Vmm(why) => (Err(why), false),
+            };
+            s.report.guest_failed = guest;
+            Outcome {
+                status,
+                timed_out: false,
+                oom: false,
+            }
+        }
+    }
+}
+
+fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
+    let deadline = s.spec.timeout.map(|t| s.t0 + t);
+    let mut phase = Phase::Boot;
+    let mut pending_signals: Vec<i32> = Vec::new();
+    let mut timed_out = false;
+    let mut exited: Option<ExitStatus> = None;
+    let tty = s.init_spec.tty.is_some();
+    let proto = |m: String| Failure::Start(StartError::Protocol(m));
+
+    while phase != Phase::Done {
+        let mut fds = [
+            libc::pollfd {
+                fd: s.chan.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: s.sigfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: s.vm.exit_event().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let next = match phase {
+            Phase::Terminating(at) => Some(at),
+            _ => deadline,
+        };
+        let wait_ms = next.map_or(-1, |d| {
+            d.saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32
+        });
+        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
+        if n < 0 {
+            continue;
+        }
+        let now = Instant::now();
+        match phase {
+            Phase::Terminating(at) if now >= at => {
+                // The command ignored SIGTERM: the VM goes, and with it
+                // everything in the sandbox.
+                s.vm.stop();
+                return Ok(Outcome {
+                    status: Err("the command did not stop in time and was killed".into()),
+                    timed_out: true,
+                    oom: false,
+                });
+            }
+            Phase::Boot | Phase::Starting | Phase::Running
+                if deadline.is_some_and(|d| now >= d) && !timed_out =>
+            {
+                timed_out = true;
+                if phase == Phase::Running {
+                    let _ = s.chan.send(&HostMsg::Signal(libc::SIGTERM));
+                    phase = Phase::Terminating(now + s.spec.kill_after);
+                } else {
+                    // Not started yet: nothing to ask politely.
+                    s.vm.stop();
+                    return Ok(Outcome {
+                        status: Err("timed out before the command started".into()),
+                        timed_out: true,
+                        oom: false,
+                    });
+                }
+            }
+            _ => {}
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            while let Some(sig) = sys::read_signal(s.sigfd) {
+                if sig == libc::SIGWINCH {
+                    if tty {
+                        if let Some((rows, cols)) = crate::tty::window_size(0) {
+                            let _ = s.chan.send(&HostMsg::Resize { rows, cols });
+                        }
+                    }
+                } else if matches!(phase, Phase::Running | Phase::Terminating(_)) {
+                    let _ = s.chan.send(&HostMsg::Signal(sig));
+                } else {
+                    pending_signals.push(sig);
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            let open = s.chan.fill().unwrap_or(false);
+            loop {
+                let msg = match s.chan.next_msg() {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => return Err(proto(e.to_string())),
+                };
+                match (phase, msg) {
+                    (Phase::Boot, InitMsg::Hello { version }) => {
+                        if version != PROTOCOL_VERSION {
+                            return Err(Failure::Start(StartError::Version { got: version }));
+                        }
+                        s.report.boot_ms = Some(s.t0.elapsed().as_secs_f64() * 1000.0);
+                        let start = HostMsg::Start(Box::new(s.init_spec.clone()));
+                        s.chan
+                            .send(&start)
+                            .map_err(|e| Failure::Vmm(format!("control channel: {e}")))?;
+                        phase = Phase::Starting;
+                    }
+                    (Phase::Starting, InitMsg::Started { enforced, .. }) => {
+                        s.report.started_ms = Some(s.t0.elapsed().as_secs_f64() * 1000.0);
+                        s.report.enforced = Some(enforced);
+                        for sig in pending_signals.drain(..) {
+                            let _ = s.chan.send(&HostMsg::Signal(sig));
+                        }
+                        phase = Phase::Running;
+                    }
+                    (Phase::Starting, InitMsg::SetupFailed(e)) => {
+                        return Err(Failure::Start(StartError::Setup(e)))
+                    }
+                    (
+                        Phase::Starting,
+                        InitMsg::ExecFailed {
+                            program,
+                            errno,
+                            not_found,
+                        },
+                    ) => {
+                        return Err(Failure::Start(StartError::Exec {
+                            program,
+                            errno,
+                            not_found,
+                        }))
+                    }
+                    (Phase::Running | Phase::Terminating(_), InitMsg::Exited(st)) => {
+                        if !valid_status(st) {
+                            return Err(proto(format!("impossible exit status {st:?}")));
+                        }
+                        exited = Some(st);
+                        phase = Phase::Done;
+                    }
+                    (_, other) => return Err(proto(format!("unexpected message {other:?}"))),
+                }
+            }
+            if !open && phase != Phase::Done {
+                // init closed the channel without a result: the VM is
+                // probably going down; its exit says why.
+                let _ = wait_exit(s.vm, Duration::from_secs(2));
+                return Err(match s.vm.exit() {
+                    None => proto("sandbox-init closed the control channel".into()),
+                    e => describe_exit(e),
+                });
+            }
+        }
+        if fds[2].revents != 0 && phase != Phase::Done {
+            let e = s.vm.exit();
+            if timed_out {
+                return Ok(Outcome {
+                    status: Err("the command did not stop in time and was killed".into()),
+                    timed_out: true,
+                    oom: false,
+                });
+            }
+            return Err(describe_exit(e));
+        }
+    }
+    // The command's output may still be on its way through the device.
+    let _ = s.vsock.wait_closed(
+        &[sandbox_proto::vm::STDOUT_PORT, sandbox_proto::vm::STDERR_PORT],
+        DRAIN_TIMEOUT,
+    );
+    Ok(Outcome {
+        status: exited.ok_or_else(|| "no status".to_string()),
+        timed_out,
+        oom: false,
+    })
+}
+
+/// Wait until the machine has stopped or `limit` passed.
+fn wait_exit(vm: &RunningMachine, limit: Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: vm.exit_event().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut fd, 1, limit.as_millis().min(i32::MAX as u128) as i32) > 0 }
+}

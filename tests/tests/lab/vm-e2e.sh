@@ -1,0 +1,126 @@
+#!/bin/sh
+# Run INSIDE the nested lab VM booted with --kvm (real nested KVM), as root,
+# by lab_vm.rs. $1: the sandbox launcher. $2: uid of an unprivileged
+# account. The end-to-end cases of the namespace backend, against --vm:
+# every `$S run --vm` below boots a micro-VM of our own VMM with our
+# kernel. Prints "CHECK <name> ok" or "CHECK <name> FAIL ..." and DONE.
+S=$1
+U=$2
+check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $2"; fi; }
+V="$S run --vm"
+W=$(mktemp -d /tmp/vm-e2e.XXXXXX)
+cd "$W" || exit 1
+
+# Exit statuses.
+out=$($V -- true 2>&1); rc=$?
+[ $rc -eq 0 ] && check true-exits-0 ok || check true-exits-0 "rc=$rc $out"
+$V -- sh -c 'exit 42' >/dev/null 2>&1; rc=$?
+[ $rc -eq 42 ] && check exit-code-passes ok || check exit-code-passes "rc=$rc"
+$V -- sh -c 'kill -TERM $$' >/dev/null 2>&1; rc=$?
+[ $rc -eq 143 ] && check signal-status ok || check signal-status "rc=$rc"
+out=$($V -- /nonexistent/cmd 2>&1); rc=$?
+[ $rc -eq 127 ] && check not-found-127 ok || check not-found-127 "rc=$rc $out"
+out=$($V -- /etc/passwd 2>&1); rc=$?
+[ $rc -eq 126 ] && check not-executable-126 ok || check not-executable-126 "rc=$rc $out"
+
+# The guest is ours: our kernel, sized as asked.
+out=$($V -- uname -r 2>&1)
+case "$out" in *sandbox*) check our-kernel ok ;; *) check our-kernel "$out" ;; esac
+out=$($V --cpus 2 -- nproc 2>&1)
+[ "$out" = 2 ] && check cpus-size-the-guest ok || check cpus-size-the-guest "$out"
+out=$($V --memory 256m -- sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo 2>&1)
+[ "$out" -gt 200000 ] 2>/dev/null && [ "$out" -le 262144 ] && check memory-sizes-the-guest ok || check memory-sizes-the-guest "$out"
+
+# Stdio: separate streams, stdin, large output through the vsock device.
+$V -- sh -c 'echo to-out; echo to-err >&2' >out.txt 2>err.txt
+[ "$(cat out.txt)" = to-out ] && [ "$(cat err.txt)" = to-err ] && check stdout-stderr-separate ok || check stdout-stderr-separate "out=$(cat out.txt) err=$(cat err.txt)"
+out=$(printf 'line1\nline2\n' | $V -- cat 2>&1)
+[ "$out" = "line1
+line2" ] && check stdin-passes ok || check stdin-passes "$out"
+n=$($V -- head -c 20000000 /dev/zero 2>/dev/null | wc -c)
+[ "$n" -eq 20000000 ] && check large-output ok || check large-output "got $n bytes"
+n=$(head -c 5000000 /dev/zero | $V -- wc -c 2>&1)
+[ "$n" -eq 5000000 ] && check large-input ok || check large-input "got $n"
+
+# Environment, identity, working directory, hostname.
+out=$(SECRET_TOKEN=x $V -e FOO=bar -- sh -c 'echo "$FOO:${SECRET_TOKEN:-unset}"' 2>&1)
+[ "$out" = "bar:unset" ] && check env-allow-list ok || check env-allow-list "$out"
+out=$($V -- pwd 2>&1)
+[ "$out" = "$W" ] && check cwd-default ok || check cwd-default "$out"
+out=$($V -w /tmp -- pwd 2>&1)
+[ "$out" = /tmp ] && check workdir ok || check workdir "$out"
+out=$($V --hostname vmhost -- hostname 2>&1)
+[ "$out" = vmhost ] && check hostname ok || check hostname "$out"
+out=$(setpriv --reuid="$U" --regid="$U" --clear-groups -- $V -- id -u 2>&1)
+[ "$out" = "$U" ] && check rootless-uid ok || check rootless-uid "$out"
+out=$($V -u 1234:1234 -- id 2>&1)
+case "$out" in "uid=1234 gid=1234"*) check user-option ok ;; *) check user-option "$out" ;; esac
+
+# The host is read-only through the share, whatever the guest tries.
+sum=$(md5sum /etc/passwd)
+out=$($V -- sh -c 'echo x >> /etc/passwd' 2>&1); rc=$?
+[ $rc -ne 0 ] && [ "$(md5sum /etc/passwd)" = "$sum" ] && check host-read-only ok || check host-read-only "rc=$rc $out"
+out=$($V -- sh -c 'mount -o remount,rw / 2>&1 || echo refused' 2>&1)
+case "$out" in *refused*) check no-remount ok ;; *) check no-remount "$out" ;; esac
+out=$($V -- sh -c 'cat /proc/kcore >/dev/null 2>&1 && echo readable || echo masked' 2>&1)
+[ "$out" = masked ] && check proc-masked ok || check proc-masked "$out"
+touch "$W/marker"
+out=$($V -- ls "$W/marker" 2>&1)
+[ "$out" = "$W/marker" ] && check host-files-visible ok || check host-files-visible "$out"
+
+# Volumes.
+mkdir -p "$W/vol"
+$V -v "$W/vol:/mnt:rw" -- sh -c 'echo written > /mnt/f; mkdir /mnt/d; mv /mnt/f /mnt/d/g' 2>err.txt
+[ "$(cat "$W/vol/d/g" 2>/dev/null)" = written ] && check rw-volume ok || check rw-volume "$(cat err.txt)"
+owner=$(stat -c %u "$W/vol/d/g" 2>/dev/null)
+[ "$owner" = 0 ] && check rw-volume-owner ok || check rw-volume-owner "owner $owner"
+out=$($V -v "$W/vol:/mnt" -- sh -c 'echo x > /mnt/h 2>&1 || echo refused' 2>&1)
+case "$out" in *refused*) [ ! -e "$W/vol/h" ] && check ro-volume ok || check ro-volume "created" ;; *) check ro-volume "$out" ;; esac
+ln -s /etc "$W/vol/escape"
+out=$($V -v "$W/vol:/mnt:rw" -- sh -c 'echo x > /mnt/escape/sandbox-vm-escape 2>&1 || echo refused' 2>&1)
+[ ! -e /etc/sandbox-vm-escape ] && check symlink-no-escape ok || check symlink-no-escape "$out"
+out=$($V --tmpfs /scratch -- sh -c 'echo y > /scratch/z && cat /scratch/z' 2>&1)
+[ "$out" = y ] && check tmpfs ok || check tmpfs "$out"
+
+# Timeouts and signals.
+start=$(date +%s)
+out=$($V --timeout 20 -- sleep 1000 2>&1); rc=$?
+[ $rc -eq 124 ] && check timeout-124 ok || check timeout-124 "rc=$rc $out"
+out=$($V --timeout 20 --kill-after 2 -- sh -c 'trap "" TERM; sleep 1000' 2>&1); rc=$?
+case "$rc:$out" in 124:*"killed after the grace period"*) check timeout-kill-after ok ;; *) check timeout-kill-after "rc=$rc $out" ;; esac
+$V -- sh -c "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done" >sig.txt 2>&1 &
+pid=$!
+i=0; while [ $i -lt 600 ] && ! grep -q ready sig.txt; do sleep 0.1; i=$((i+1)); done
+kill -TERM $pid; wait $pid; rc=$?
+[ $rc -eq 7 ] && grep -q got-term sig.txt && check signal-forwarded ok || check signal-forwarded "rc=$rc $(cat sig.txt)"
+out=$($V -- sh -c 'sleep 1000 & exit 3' 2>&1); rc=$?
+[ $rc -eq 3 ] && check leftovers-killed ok || check leftovers-killed "rc=$rc $out"
+
+# The terminal.
+if command -v script >/dev/null; then
+	out=$(script -qec "$V -- sh -c 'tty; stty size'" /dev/null 2>&1 </dev/null)
+	case "$out" in */dev/pts/*) check tty ok ;; *) check tty "$out" ;; esac
+fi
+
+# Receipt and refusals.
+$V --receipt r.json -- true >/dev/null 2>&1
+grep -q '"backend": "vm"' r.json && check receipt-backend ok || check receipt-backend "$(cat r.json)"
+out=$($V --network host -- true 2>&1); rc=$?
+case "$rc:$out" in 125:*"--network host"*) check network-host-refused ok ;; *) check network-host-refused "rc=$rc $out" ;; esac
+out=$($V --pids 10 -- true 2>&1); rc=$?
+case "$rc:$out" in 125:*--pids*) check pids-refused ok ;; *) check pids-refused "rc=$rc $out" ;; esac
+out=$($V --kernel /etc/passwd -- true 2>&1); rc=$?
+case "$rc:$out" in 125:*/etc/passwd*) check bad-kernel ok ;; *) check bad-kernel "rc=$rc $out" ;; esac
+
+# The launcher killed with SIGKILL: the VM is in its process, nothing stays.
+$V -- sleep 1000 >/dev/null 2>&1 &
+pid=$!
+sleep 8
+kill -KILL $pid; wait $pid 2>/dev/null
+sleep 0.5
+left=$(ps -eo pid,args | grep -v grep | grep -c 'sandbox run --vm')
+[ "$left" -eq 0 ] && check sigkill-leaves-nothing ok || check sigkill-leaves-nothing "$left processes"
+
+cd /
+rm -rf "$W"
+echo DONE

@@ -1,0 +1,29 @@
+//! The micro-VM backend end to end, in the nested lab (tests/lab) where
+//! KVM is real (nested SVM under QEMU TCG): this host's own KVM is PVM and
+//! cannot boot a standard guest. One lab boot runs `lab/vm-e2e.sh`, whose
+//! every `sandbox run --vm` boots our VMM with our kernel and the static
+//! `sandbox-init` as PID 1: exit statuses, stdio, env, identity, the
+//! read-only host share, volumes, timeouts, signals, the terminal, the
+//! receipt and the refusals.
+//!
+//! Skipped, with the reason, where the lab cannot run (not root, no QEMU,
+//! no Debian kernel) or where no guest kernel is installed
+//! (scripts/build-kernel.sh).
+
+use sandbox_e2e::*;
+
+#[test]
+fn vm_backend_end_to_end_in_the_lab() {
+    if let Some(why) = lab_unavailable() {
+        skip!("{why}");
+    }
+    if let Some(why) = guest_kernel_unavailable() {
+        skip!("{why}");
+    }
+    let uid = match unprivileged() {
+        Ok(a) => a.uid,
+        Err(e) => skip!("{e}"),
+    };
+    let sandbox = bins_for_others().sandbox.display().to_string();
+    run_lab_checks(&["--kvm"], "", "vm-e2e.sh", &[sandbox, uid.to_string()]);
+}
