@@ -283,19 +283,32 @@ impl<S: ChainServer> MutEventSubscriber for Subscriber<S> {
     }
 }
 
-/// A running one-queue worker thread.
+/// A running one-queue worker thread. Dropping it stops and joins the
+/// thread (as [`Worker::stop`] does).
 #[derive(Debug)]
 pub struct Worker<S> {
     reset: EventFd,
-    handle: JoinHandle<Option<(S, Queue)>>,
+    handle: Option<JoinHandle<Option<(S, Queue)>>>,
 }
 
 impl<S> Worker<S> {
     /// Stop the thread (the device is being reset) and take back the
-    /// server and the queue. `None` when the thread panicked.
-    pub fn stop(self) -> Option<(S, Queue)> {
+    /// server and the queue. `None` when the thread panicked. Waits for
+    /// the request being served, if any.
+    pub fn stop(mut self) -> Option<(S, Queue)> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Option<(S, Queue)> {
+        let handle = self.handle.take()?;
         let _ = self.reset.write(1);
-        self.handle.join().ok().flatten()
+        handle.join().ok().flatten()
+    }
+}
+
+impl<S> Drop for Worker<S> {
+    fn drop(&mut self) {
+        let _ = self.join();
     }
 }
 
@@ -366,7 +379,10 @@ pub fn spawn_worker<S: ChainServer>(
         });
     match spawned {
         Ok(handle) => match tx.send(sub) {
-            Ok(()) => Ok(Worker { reset, handle }),
+            Ok(()) => Ok(Worker {
+                reset,
+                handle: Some(handle),
+            }),
             Err(std::sync::mpsc::SendError(sub)) => Err((
                 ActivateError::Worker("the worker thread died at start".into()),
                 sub.server,
