@@ -146,3 +146,8 @@ pub trait VirtioDevice: Send {
         false
     }
 }
+
+pub mod mmio;
+pub mod p9;
+pub mod queue;
+pub mod rng;
