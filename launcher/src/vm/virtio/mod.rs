@@ -146,3 +146,5 @@ pub trait VirtioDevice: Send {
         false
     }
 }
+
+pub mod vsock;
