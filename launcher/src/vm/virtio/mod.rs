@@ -151,3 +151,4 @@ pub mod mmio;
 pub mod p9;
 pub mod queue;
 pub mod rng;
+pub mod vsock;
