@@ -8,6 +8,7 @@
 
 pub mod bus;
 pub mod host;
+pub mod initramfs;
 pub mod kernel;
 pub mod virtio;
 
