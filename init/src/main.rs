@@ -1,7 +1,11 @@
 //! `sandbox-init`: PID 1 of every sandbox.
 //!
-//! Started by the launcher with the control socket on fd 3 (see
-//! `sandbox_proto` for the message sequence). init builds the filesystem
+//! Namespace backend: started by the launcher with the control socket on
+//! fd 3 and argv\[0\] alone. Micro-VM backend: started by the guest kernel
+//! as `/init --vm`; `vm.rs` first builds a pivotable root and connects the
+//! control channel (onto fd 3) and the stdio streams over vsock, and every
+//! way out ends in a reboot of the guest (see `vm.rs`). Then both run the
+//! same flow (see `sandbox_proto` for the message sequence). init builds the filesystem
 //! view (`setup`), starts the command (`command`), then supervises it:
 //! forwards signals, reaps every zombie, and when the command exits ends
 //! every process left in the sandbox and reports the status.
@@ -15,8 +19,11 @@ mod landlock;
 mod relay;
 mod setup;
 mod sys;
+mod vm;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use setup::{Backend, StepError};
 
 use sandbox_proto::{ExitStatus, HostMsg, InitMsg, PROTOCOL_VERSION};
 
@@ -26,15 +33,33 @@ use chan::{Receiver, Recv};
 const EXIT_SETUP_FAILED: i32 = 1;
 const EXIT_PROTOCOL: i32 = 2;
 const EXIT_LAUNCHER_GONE: i32 = 3;
+const EXIT_PANIC: i32 = 4;
 
 /// Signals the launcher may forward; also the ones init catches itself.
 use sandbox_proto::unix::FORWARDED_SIGNALS as FORWARDED;
 
 fn main() {
-    std::process::exit(run());
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if vm::requested(&args) {
+        let early = vm::boot();
+        let code =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(Backend::Vm, early)))
+                .unwrap_or_else(|_| {
+                    // Best effort: the launcher may be past the point where it
+                    // expects a SetupFailed, but the guest ends either way.
+                    let err = StepError::new("vm-init", "", 0)
+                        .detail("sandbox-init panicked (the guest kernel log has the message)");
+                    let _ = chan::send(&InitMsg::SetupFailed(err.into_proto()), None);
+                    EXIT_PANIC
+                });
+        vm::shutdown(code)
+    }
+    std::process::exit(run(Backend::Namespace, None));
 }
 
-fn run() -> i32 {
+/// The common flow of both backends; returns init's exit code. `early` is
+/// a failure of the VM-only steps, reported right after `Hello`.
+fn run(backend: Backend, early: Option<StepError>) -> i32 {
     // If the launcher dies, so do we (and with us the whole PID namespace).
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -56,6 +81,10 @@ fn run() -> i32 {
     {
         return EXIT_LAUNCHER_GONE;
     }
+    if let Some(e) = early {
+        let _ = chan::send(&InitMsg::SetupFailed(e.into_proto()), None);
+        return EXIT_SETUP_FAILED;
+    }
     let mut rx = Receiver::default();
     let spec = match rx.read_once() {
         Recv::Msg(HostMsg::Start(spec)) => spec,
@@ -64,7 +93,7 @@ fn run() -> i32 {
     };
 
     let prepared = rx.take_fds().into_iter().map(Some).collect();
-    if let Err(e) = setup::build_root(&spec, prepared) {
+    if let Err(e) = setup::build_root(&spec, prepared, backend) {
         let _ = chan::send(&InitMsg::SetupFailed(e.into_proto()), None);
         return EXIT_SETUP_FAILED;
     }
@@ -90,22 +119,29 @@ fn run() -> i32 {
             return EXIT_SETUP_FAILED;
         }
     };
-    // Labelled runs relay stdio (see relay.rs): keep the caller's 0-2.
-    let relay = child.relay.take().map(relay::Relay::new);
+    let mut master = child.master.take();
+    let pty = master.is_some();
+    // Labelled runs, and a terminal in a VM (the master cannot cross
+    // vsock), relay stdio (see relay.rs): keep the caller's 0-2 for that.
+    let relay = match backend {
+        Backend::Vm => master.take().map(relay::Relay::for_pty),
+        Backend::Namespace => None,
+    }
+    .or_else(|| child.relay.take().map(relay::Relay::new));
     detach_stdio();
     let started = InitMsg::Started {
         pid: child.pid,
-        pty: child.master.is_some(),
+        pty,
         enforced: sandbox_proto::Enforced {
             landlock_abi: child.landlock_abi,
         },
     };
-    if chan::send(&started, child.master.as_ref().map(AsRawFd::as_raw_fd)).is_err() {
+    if chan::send(&started, master.as_ref().map(AsRawFd::as_raw_fd)).is_err() {
         kill_all();
         return EXIT_LAUNCHER_GONE;
     }
     // The launcher now owns the pty master; ours would keep it alive.
-    drop(child.master);
+    drop(master);
     supervise(child.pid, &sigfd, rx, relay)
 }
 
@@ -234,7 +270,13 @@ fn supervise(
         if fds[1].revents != 0 {
             match rx.read_once() {
                 Recv::Msg(HostMsg::Signal(s)) => forward(pid, s),
-                Recv::Msg(HostMsg::Resize { .. }) | Recv::Msg(HostMsg::Start(_)) => {}
+                // Only where init owns the pty (VM backend); a no-op else.
+                Recv::Msg(HostMsg::Resize { rows, cols }) => {
+                    if let Some(r) = relay.as_ref() {
+                        r.resize(rows, cols);
+                    }
+                }
+                Recv::Msg(HostMsg::Start(_)) => {}
                 Recv::Closed => {
                     kill_all();
                     return EXIT_LAUNCHER_GONE;

@@ -8,7 +8,8 @@
 //! 0. `cgroupns`: a new cgroup namespace, rooted at the sandbox's cgroup
 //!    (the launcher placed init there before letting it run).
 //! 1. `make-private`: `/` recursively private, nothing propagates out.
-//! 2. `bind-root`: the host `/` bound recursively onto the staging dir.
+//! 2. `bind-root`: the host `/` bound recursively onto the staging dir
+//!    (micro-VM backend: the root share mounted there, step `vm-share`).
 //! 3. `root-readonly`: that whole tree read-only, nosuid, nodev
 //!    (`mount_setattr(AT_RECURSIVE)`, one atomic call).
 //! 4. `proc`: a fresh procfs for the sandbox's PID namespace.
@@ -19,12 +20,23 @@
 //!    bound from the host, a private devpts, `/dev/shm`, the usual symlinks.
 //! 7. `scratch`: private tmpfs on `/tmp` and `/run`.
 //! 8. `volumes`: user volumes and tmpfs mounts, in order; each destination
-//!    resolved inside the new root by fd.
+//!    resolved inside the new root by fd (micro-VM backend: volumes are 9p
+//!    shares, mounted in step `vm-share`).
 //! 9. `mask`: sensitive paths hidden, `/proc` paths read-only.
 //! 10. `hostname`, `loopback`.
 //! 11. `pivot-root`: `pivot_root(".", ".")`, old root detached.
 //! 12. `dev-readonly`: `/dev` remounted read-only.
 //! 13. `workdir`: created when it is missing and may be created.
+//!
+//! The micro-VM backend runs the same steps as root of the guest's initial
+//! namespaces, after `vm.rs` made a tmpfs the root (with devtmpfs on `/dev`
+//! and procfs on `/proc`, the "host view" the steps bind from). The
+//! differences are only where the filesystems come from: the root is
+//! [`RootSource::Share`] and volumes are [`Mount::Share`], 9p over virtio
+//! ([`share_options`]); host bind mounts and prepared mounts do not exist
+//! there and are refused, and so are shares in the namespace backend.
+//! `/sys` is always a fresh sysfs in a VM (the guest kernel's own; the
+//! host's sysfs must not come through the share).
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -75,6 +87,73 @@ const STAGING: [&[u8]; 4] = [b"/tmp", b"/mnt", b"/var/tmp", b"/run"];
 
 const MS_PRIVATE_REC: libc::c_ulong = libc::MS_PRIVATE | libc::MS_REC;
 
+/// Which backend init serves; decides where filesystems come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Namespace,
+    Vm,
+}
+
+/// The 9p `msize` asked for: the largest the Linux virtio transport
+/// carries (`PAGE_SIZE * (VIRTQUEUE_NUM - 3)` = 4096 * 125 in 6.1; a larger
+/// value is silently lowered to it). The server may negotiate it down.
+pub const SHARE_MSIZE: u32 = 512_000;
+
+/// What a 9p share holds, which decides its cache mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareKind {
+    /// The host root, read-only: `cache=loose` (page cache, cached
+    /// dentries and attributes). Much faster for exec, the dynamic loader
+    /// and path walks; the price is that changes the host makes to its own
+    /// files during the run may be seen late, which is acceptable for a
+    /// read-only view of system files.
+    Root,
+    /// A volume: `cache=mmap`. No attribute or dentry caching, so the host
+    /// and the command see each other's changes at once, and shared
+    /// writable `mmap` works (plain `cache=none` refuses it).
+    Volume,
+}
+
+/// Mount options of a 9p share. `access=client`: one attach, and the
+/// guest kernel checks permissions itself from the uid, gid and mode the
+/// server reports, like a local filesystem (the server still opens files
+/// with the launcher's own rights).
+pub fn share_options(kind: ShareKind) -> String {
+    let cache = match kind {
+        ShareKind::Root => "loose",
+        ShareKind::Volume => "mmap",
+    };
+    format!("trans=virtio,version=9p2000.L,msize={SHARE_MSIZE},access=client,cache={cache}")
+}
+
+/// Mount the 9p share `tag` on `target` (step `vm-share`; `dst` names the
+/// destination inside the sandbox in the error).
+fn mount_share(
+    tag: &str,
+    target: &CStr,
+    dst: &[u8],
+    kind: ShareKind,
+    readonly: bool,
+) -> StepResult {
+    let bad_tag = |e| {
+        StepError::new("vm-share", dst, e).detail(format!("share tag {tag:?} contains a NUL byte"))
+    };
+    let tag_c = cstring(tag.as_bytes()).map_err(bad_tag)?;
+    let opts = c("vm-share", share_options(kind).as_bytes())?;
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if readonly {
+        flags |= libc::MS_RDONLY;
+    }
+    sys::mount(Some(&tag_c), target, Some(c"9p"), flags, Some(&opts)).map_err(|e| {
+        let why = match e {
+            libc::ENOENT => format!("no virtio-9p device has the tag {tag:?}"),
+            libc::ENODEV => "the guest kernel has no 9p filesystem (CONFIG_9P_FS)".into(),
+            _ => format!("mounting the 9p share {tag:?}"),
+        };
+        StepError::new("vm-share", dst, e).detail(why)
+    })
+}
+
 fn step_mount(
     step: &'static str,
     src: Option<&CStr>,
@@ -94,8 +173,13 @@ fn c(step: &'static str, bytes: &[u8]) -> StepResult<std::ffi::CString> {
 /// Build the whole filesystem view and switch into it (steps 1-13).
 /// `prepared` are the descriptors that came with the `Start` message
 /// (referenced by `Mount::Prepared`).
-pub fn build_root(spec: &InitSpec, mut prepared: Vec<Option<OwnedFd>>) -> StepResult {
+pub fn build_root(
+    spec: &InitSpec,
+    mut prepared: Vec<Option<OwnedFd>>,
+    backend: Backend,
+) -> StepResult {
     let fs = &spec.fs;
+    check_backend(fs, backend)?;
     // 0. cgroupns
     // SAFETY: plain unshare(2).
     sys::check(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }.into())
@@ -107,10 +191,15 @@ pub fn build_root(spec: &InitSpec, mut prepared: Vec<Option<OwnedFd>>) -> StepRe
     let sources: Vec<Option<OwnedFd>> = fs
         .mounts
         .iter()
-        .map(|m| match m {
-            Mount::Bind { src, .. } => open_source(src).map(Some),
-            Mount::Tmpfs { .. } => Ok(None),
-            Mount::Prepared { dst, fd, .. } => prepared
+        .map(|m| match (m, backend) {
+            // Refused by check_backend.
+            (Mount::Bind { dst, .. } | Mount::Prepared { dst, .. }, Backend::Vm)
+            | (Mount::Share { dst, .. }, Backend::Namespace) => {
+                Err(StepError::new("volumes", dst, libc::EINVAL))
+            }
+            (Mount::Bind { src, .. }, Backend::Namespace) => open_source(src).map(Some),
+            (Mount::Tmpfs { .. } | Mount::Share { .. }, _) => Ok(None),
+            (Mount::Prepared { dst, fd, .. }, Backend::Namespace) => prepared
                 .get_mut(*fd as usize)
                 .and_then(Option::take)
                 .map(Some)
@@ -124,8 +213,8 @@ pub fn build_root(spec: &InitSpec, mut prepared: Vec<Option<OwnedFd>>) -> StepRe
     // 2. bind-root
     let stage = pick_staging()?;
     let stage_c = c("bind-root", stage)?;
-    match &fs.root {
-        RootSource::HostBind => step_mount(
+    match (&fs.root, backend) {
+        (RootSource::HostBind, Backend::Namespace) => step_mount(
             "bind-root",
             Some(c"/"),
             &stage_c,
@@ -133,6 +222,13 @@ pub fn build_root(spec: &InitSpec, mut prepared: Vec<Option<OwnedFd>>) -> StepRe
             libc::MS_BIND | libc::MS_REC,
             None,
         )?,
+        (RootSource::Share { tag }, Backend::Vm) => {
+            mount_share(tag, &stage_c, b"/", ShareKind::Root, true)?
+        }
+        // Refused by check_backend.
+        (RootSource::HostBind, Backend::Vm) | (RootSource::Share { .. }, Backend::Namespace) => {
+            return Err(StepError::new("bind-root", "/", libc::EINVAL))
+        }
     }
     let root = sys::open(&stage_c, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| StepError::new("bind-root", stage, e))?;
@@ -160,7 +256,8 @@ pub fn build_root(spec: &InitSpec, mut prepared: Vec<Option<OwnedFd>>) -> StepRe
     drop(proc_dir);
 
     // 5. sys
-    if fs.sys == SysMode::Fresh {
+    let fresh_sys = fs.sys == SysMode::Fresh || backend == Backend::Vm;
+    if fresh_sys {
         let sys_dir = resolve_dir(&root, b"/sys", "sys")?;
         step_mount(
             "sys",
@@ -172,7 +269,7 @@ pub fn build_root(spec: &InitSpec, mut prepared: Vec<Option<OwnedFd>>) -> StepRe
         )?;
     }
 
-    if fs.sys == SysMode::Fresh && fs.cgroup2 {
+    if fresh_sys && fs.cgroup2 {
         let cg = resolve_dir(&root, b"/sys/fs/cgroup", "sys")?;
         step_mount(
             "sys",
@@ -203,6 +300,10 @@ pub fn build_root(spec: &InitSpec, mut prepared: Vec<Option<OwnedFd>>) -> StepRe
             }
             (Mount::Bind { src: path, .. }, None) | (Mount::Prepared { dst: path, .. }, None) => {
                 return Err(StepError::new("volumes", path, libc::EBADF))
+            }
+            (Mount::Share { tag, dst, readonly }, _) => {
+                let dir = resolve_or_create(&root, dst, true, "volumes")?;
+                mount_share(tag, &sys::fd_path(&dir), dst, ShareKind::Volume, *readonly)?;
             }
             (Mount::Tmpfs { dst, size, mode }, _) => {
                 let dir = resolve_or_create(&root, dst, true, "volumes")?;
@@ -247,6 +348,38 @@ pub fn build_root(spec: &InitSpec, mut prepared: Vec<Option<OwnedFd>>) -> StepRe
     // that permission checks apply to the command's identity)
     if spec.create_cwd {
         create_workdir(&spec.cwd, spec.user.init_ns_uid, spec.user.init_ns_gid)?;
+    }
+    Ok(())
+}
+
+/// Refuse, before anything changes, filesystems the backend cannot
+/// provide: shares outside a VM, host binds and prepared mounts inside one.
+pub fn check_backend(fs: &FsSpec, backend: Backend) -> StepResult {
+    match (&fs.root, backend) {
+        (RootSource::HostBind, Backend::Vm) => {
+            return Err(StepError::new("bind-root", "/", libc::EINVAL)
+                .detail("the micro-VM backend needs the root as a 9p share"))
+        }
+        (RootSource::Share { .. }, Backend::Namespace) => {
+            return Err(StepError::new("bind-root", "/", libc::EINVAL)
+                .detail("a 9p share root exists only in the micro-VM backend"))
+        }
+        _ => {}
+    }
+    for m in &fs.mounts {
+        match (m, backend) {
+            (Mount::Bind { dst, .. } | Mount::Prepared { dst, .. }, Backend::Vm) => {
+                return Err(StepError::new("volumes", dst, libc::EINVAL).detail(
+                    "host bind mounts do not exist in the micro-VM backend (volumes are \
+                     9p shares there)",
+                ))
+            }
+            (Mount::Share { dst, .. }, Backend::Namespace) => {
+                return Err(StepError::new("volumes", dst, libc::EINVAL)
+                    .detail("9p shares exist only in the micro-VM backend"))
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -600,4 +733,95 @@ fn loopback_up() -> Result<(), Errno> {
     // SAFETY: valid socket and ifreq.
     sys::check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &ifr) }.into())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_mount_options() {
+        assert_eq!(
+            share_options(ShareKind::Root),
+            "trans=virtio,version=9p2000.L,msize=512000,access=client,cache=loose"
+        );
+        assert_eq!(
+            share_options(ShareKind::Volume),
+            "trans=virtio,version=9p2000.L,msize=512000,access=client,cache=mmap"
+        );
+        // A mount(2) data string: no NUL inside, no spaces.
+        for k in [ShareKind::Root, ShareKind::Volume] {
+            let o = share_options(k);
+            assert!(!o.contains('\0') && !o.contains(' '));
+        }
+    }
+
+    fn fs_with(root: RootSource, mounts: Vec<Mount>) -> FsSpec {
+        FsSpec {
+            root,
+            mounts,
+            ..FsSpec::default()
+        }
+    }
+
+    #[test]
+    fn each_backend_refuses_the_other_ones_sources() {
+        let share = Mount::Share {
+            tag: "vol0".into(),
+            dst: b"/srv".to_vec(),
+            readonly: false,
+        };
+        let bind = Mount::Bind {
+            src: b"/etc".to_vec(),
+            dst: b"/srv".to_vec(),
+            readonly: true,
+        };
+        let prepared = Mount::Prepared {
+            dst: b"/srv".to_vec(),
+            readonly: true,
+            fd: 0,
+        };
+        let tmpfs = Mount::Tmpfs {
+            dst: b"/scratch".to_vec(),
+            size: None,
+            mode: 0o700,
+        };
+        let vm_root = || RootSource::Share {
+            tag: sandbox_proto::vm::ROOT_TAG.into(),
+        };
+        let ok = |fs: FsSpec, b| check_backend(&fs, b).is_ok();
+        let refused = |fs: FsSpec, b, step: &str| {
+            let e = check_backend(&fs, b).unwrap_err();
+            e.step == step && e.errno == libc::EINVAL && !e.detail.is_empty()
+        };
+        use Backend::{Namespace, Vm};
+        assert!(ok(
+            fs_with(
+                RootSource::HostBind,
+                vec![bind.clone(), prepared.clone(), tmpfs.clone()]
+            ),
+            Namespace
+        ));
+        assert!(ok(
+            fs_with(vm_root(), vec![share.clone(), tmpfs.clone()]),
+            Vm
+        ));
+        assert!(refused(fs_with(vm_root(), vec![]), Namespace, "bind-root"));
+        assert!(refused(
+            fs_with(RootSource::HostBind, vec![]),
+            Vm,
+            "bind-root"
+        ));
+        assert!(refused(
+            fs_with(RootSource::HostBind, vec![tmpfs.clone(), share]),
+            Namespace,
+            "volumes"
+        ));
+        assert!(refused(fs_with(vm_root(), vec![bind]), Vm, "volumes"));
+        assert!(refused(
+            fs_with(vm_root(), vec![tmpfs, prepared]),
+            Vm,
+            "volumes"
+        ));
+    }
 }

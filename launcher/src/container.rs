@@ -139,6 +139,9 @@ fn bytes(p: &std::path::Path) -> Vec<u8> {
 ///
 /// `prepared` lists the mounts (by index in `spec.mounts`) that the
 /// launcher made itself; they become `Mount::Prepared`, numbered in order.
+/// The 9p variants (`RootSource::Share`, `Mount::Share`) belong to the
+/// micro-VM backend and are never produced here; init in namespace mode
+/// answers them with a `SetupFailed`.
 pub fn init_spec(spec: &Spec, caller_uid: u32, prepared: &[usize]) -> InitSpec {
     let rootless = caller_uid != 0;
     let (u, g) = (spec.user.uid, spec.user.gid);

@@ -15,16 +15,18 @@
 //! 3. init -> [`InitMsg::Started`] (or [`InitMsg::SetupFailed`] /
 //!    [`InitMsg::ExecFailed`] and exit),
 //! 4. any number of [`HostMsg::Signal`] / [`HostMsg::Resize`],
-//! 5. init -> [`InitMsg::Exited`], then init exits.
+//! 5. init -> [`InitMsg::Exited`], then init exits (in a VM: waits for the
+//!    launcher to close the channel, then reboots the guest; see [`vm`]).
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 mod spec;
 pub use spec::*;
 pub mod unix;
+pub mod vm;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame either side accepts (argv + environment can approach
 /// `ARG_MAX`, 2 MiB on Linux, so leave room above that).
@@ -240,6 +242,56 @@ mod tests {
         }
         assert_eq!(fb.next_msg::<HostMsg>().unwrap(), None);
         assert_eq!(fb.pending(), 0);
+    }
+
+    #[test]
+    fn share_variants_roundtrip() {
+        let mut spec = sample_spec();
+        spec.fs.root = RootSource::Share {
+            tag: vm::ROOT_TAG.into(),
+        };
+        spec.fs.mounts = vec![
+            Mount::Share {
+                tag: vm::volume_tag(0),
+                dst: b"/srv/data".to_vec(),
+                readonly: false,
+            },
+            Mount::Tmpfs {
+                dst: b"/scratch".to_vec(),
+                size: None,
+                mode: 0o700,
+            },
+            Mount::Share {
+                tag: vm::volume_tag(1),
+                dst: vec![b'/', 0xff],
+                readonly: true,
+            },
+        ];
+        let msg = HostMsg::Start(Box::new(spec));
+        let frame = encode(&msg).unwrap();
+        assert_eq!(decode::<HostMsg>(&frame[HEADER_LEN..]).unwrap(), msg);
+        // Every strict prefix of the payload is refused, never a panic.
+        for cut in 0..frame.len() - HEADER_LEN {
+            assert!(decode::<HostMsg>(&frame[HEADER_LEN..HEADER_LEN + cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn vm_constants() {
+        assert_eq!(vm::volume_tag(0), "vol0");
+        assert_eq!(vm::volume_tag(12), "vol12");
+        assert_eq!(vm::HOST_CID, 2);
+        assert_eq!(vm::GUEST_CID, 3);
+        let ports = [
+            vm::CONTROL_PORT,
+            vm::STDIN_PORT,
+            vm::STDOUT_PORT,
+            vm::STDERR_PORT,
+        ];
+        assert_eq!(ports, [1024, 1025, 1026, 1027]);
+        assert!(vm::ROOT_TAG.len() <= vm::MAX_TAG_LEN);
+        assert!(vm::volume_tag(usize::MAX).len() <= vm::MAX_TAG_LEN);
+        assert!(vm::INIT_VM_ARG.starts_with("--"));
     }
 
     #[test]

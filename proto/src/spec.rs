@@ -96,6 +96,9 @@ pub enum RootSource {
     /// Recursive bind of the host's `/` (namespace backend).
     #[default]
     HostBind,
+    /// A virtio-9p share of the host, mounted by its tag (micro-VM
+    /// backend: [`crate::vm::ROOT_TAG`]). The namespace backend refuses it.
+    Share { tag: String },
 }
 
 /// How `/sys` is provided.
@@ -151,5 +154,13 @@ pub enum Mount {
         dst: Vec<u8>,
         readonly: bool,
         fd: u32,
+    },
+    /// A virtio-9p share of the host (micro-VM backend: a volume, tag
+    /// [`crate::vm::volume_tag`]) mounted at `dst`. The namespace backend
+    /// refuses it.
+    Share {
+        tag: String,
+        dst: Vec<u8>,
+        readonly: bool,
     },
 }
