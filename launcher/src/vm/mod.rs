@@ -10,6 +10,12 @@ pub mod bus;
 pub mod host;
 pub mod kernel;
 pub mod virtio;
+// The machine (VMM core).
+pub mod arch;
+pub mod machine;
+pub mod memory;
+pub mod serial;
+pub mod vcpu;
 
 use crate::spec::Spec;
 
