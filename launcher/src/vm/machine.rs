@@ -357,6 +357,12 @@ impl Machine {
         Ok(MmioSlot { base, irq })
     }
 
+    /// Note when a serial line containing `marker` goes by
+    /// ([`RunningMachine::marker_seen`]); for boot benchmarks.
+    pub fn watch_serial(&self, marker: &str) {
+        self.serial.watch(marker);
+    }
+
     /// The guest memory (for devices).
     pub fn memory(&self) -> Mem {
         self.mem.clone()
@@ -416,6 +422,7 @@ impl Machine {
             exit_evt: eventfd()?,
             threads: Mutex::new(Vec::new()),
             first_run: OnceLock::new(),
+            exited_at: OnceLock::new(),
             serial: self.serial.clone(),
             pio: self.pio,
             mmio: self.mmio,
@@ -496,6 +503,21 @@ impl RunningMachine {
         self.mem.clone()
     }
 
+    /// When [`Machine::new`] was called.
+    pub fn created_at(&self) -> Instant {
+        self.t0
+    }
+
+    /// When the VM ended (the first vCPU that saw the end, or `stop`).
+    pub fn exited_at(&self) -> Option<Instant> {
+        self.shared.exited_at.get().copied()
+    }
+
+    /// When the marker given to [`Machine::watch_serial`] went by.
+    pub fn marker_seen(&self) -> Option<Instant> {
+        self.shared.serial.marker_seen()
+    }
+
     /// Block until the VM has stopped (`exit_event` readable), then join.
     pub fn wait(&self) -> VmExit {
         let mut pfd = libc::pollfd {
@@ -527,6 +549,7 @@ impl RunningMachine {
             let mut exit = self.shared.exit.lock().unwrap_or_else(|e| e.into_inner());
             if exit.is_none() {
                 *exit = Some(VmExit::Stopped);
+                self.shared.exited_at.get_or_init(Instant::now);
             }
         }
         self.shared.serial.finish();

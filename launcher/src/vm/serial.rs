@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
@@ -41,6 +42,8 @@ pub struct SerialLog {
     panic: Option<String>,
     /// Whether any "Kernel panic" line went by.
     saw_panic: bool,
+    /// A marker to watch for, and when a line holding it went by.
+    marker: Option<(Vec<u8>, Option<Instant>)>,
 }
 
 fn printable(bytes: &[u8]) -> String {
@@ -53,9 +56,12 @@ fn printable(bytes: &[u8]) -> String {
     s.trim().to_string()
 }
 
+fn contains(line: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && line.windows(needle.len()).any(|w| w == needle)
+}
+
 fn is_panic(line: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"Kernel panic";
-    line.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+    contains(line, b"Kernel panic")
 }
 
 impl SerialLog {
@@ -65,12 +71,18 @@ impl SerialLog {
             line: Vec::with_capacity(256),
             panic: None,
             saw_panic: false,
+            marker: None,
         }
     }
 
     fn emit(&mut self) {
         if self.line.is_empty() {
             return;
+        }
+        if let Some((needle, seen @ None)) = &mut self.marker {
+            if contains(&self.line, needle) {
+                *seen = Some(Instant::now());
+            }
         }
         if !self.saw_panic && is_panic(&self.line) {
             self.saw_panic = true;
@@ -84,6 +96,16 @@ impl SerialLog {
             Console::Discard => Ok(()),
         };
         self.line.clear();
+    }
+
+    /// Note when a line containing `marker` goes by (benchmarks).
+    pub fn watch(&mut self, marker: &str) {
+        self.marker = Some((marker.as_bytes().to_vec(), None));
+    }
+
+    /// When the watched marker went by.
+    pub fn marker_seen(&self) -> Option<Instant> {
+        self.marker.as_ref().and_then(|m| m.1)
     }
 
     /// Write out a partial last line.
@@ -166,6 +188,14 @@ impl SerialDevice {
     pub fn finish(&self) {
         self.lock().writer_mut().finish();
     }
+
+    pub fn watch(&self, marker: &str) {
+        self.lock().writer_mut().watch(marker);
+    }
+
+    pub fn marker_seen(&self) -> Option<Instant> {
+        self.lock().writer().marker_seen()
+    }
 }
 
 impl BusDevice for SerialDevice {
@@ -227,7 +257,11 @@ mod tests {
     #[test]
     fn no_panic_and_partial_panic() {
         let mut l = SerialLog::new(Console::Discard);
+        l.watch("VM-BOOT-OK");
         l.write_all(b"fine\n").unwrap();
+        assert!(l.marker_seen().is_none());
+        l.write_all(b"x VM-BOOT-OK\n").unwrap();
+        assert!(l.marker_seen().is_some());
         assert_eq!(l.panic_message(), None);
         l.write_all(b"Kernel panic - x").unwrap();
         assert_eq!(l.panic_message().as_deref(), Some("Kernel panic - x"));

@@ -75,6 +75,8 @@ pub struct Shared {
     pub threads: Mutex<Vec<libc::pthread_t>>,
     /// When vCPU 0 first entered `KVM_RUN`.
     pub first_run: OnceLock<Instant>,
+    /// When the first reason to end was recorded.
+    pub exited_at: OnceLock<Instant>,
     pub serial: Arc<SerialDevice>,
     pub pio: Bus,
     pub mmio: Bus,
@@ -101,6 +103,7 @@ impl Shared {
             let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
             if exit.is_none() {
                 *exit = Some(why);
+                self.exited_at.get_or_init(Instant::now);
             }
         }
         self.serial.finish();
