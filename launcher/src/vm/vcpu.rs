@@ -1,0 +1,232 @@
+//! The vCPU threads: one per vCPU, each looping on `KVM_RUN` and
+//! dispatching its exits (port I/O to the port bus, MMIO to the MMIO
+//! bus), until the guest resets, something fatal happens, or the machine
+//! is stopped.
+//!
+//! Stopping: the supervisor (or the vCPU that saw the end) sets the
+//! shared stop flag and sends every vCPU thread [`kick_signal`]. Its
+//! handler sets `immediate_exit` in that thread's `kvm_run`, so a thread
+//! that is in `KVM_RUN`, or about to enter it, comes back with `EINTR`
+//! and sees the flag (no lost wake-up: the flag is checked after the
+//! handler's target is published, and before each entry).
+//!
+//! Hostile input: every exit's address, width and data come from the
+//! guest; the buses bound-check them, unknown ports read as 0xff and
+//! unknown MMIO as zeros, and nothing the guest does panics the thread.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use kvm_bindings::{
+    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::bus::Bus;
+use super::machine::VmExit;
+use super::serial::SerialDevice;
+
+/// The signal that kicks a vCPU out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+thread_local! {
+    /// This thread's `kvm_run`, for the kick handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let p = KVM_RUN.with(|c| c.get());
+    if !p.is_null() {
+        // SAFETY: `p` is this thread's live kvm_run mapping: it is set
+        // before the loop and cleared before the VcpuFd (and so the
+        // mapping) is dropped, and the handler runs on this thread.
+        unsafe { std::ptr::addr_of_mut!((*p).immediate_exit).write_volatile(1) };
+    }
+}
+
+static HANDLER: Once = Once::new();
+static HANDLER_ERR: OnceLock<String> = OnceLock::new();
+
+/// Install the kick handler (once per process).
+pub fn install_kick_handler() -> Result<(), String> {
+    HANDLER.call_once(|| {
+        if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick) {
+            let _ = HANDLER_ERR.set(format!("cannot install the vCPU kick signal handler: {e}"));
+        }
+    });
+    match HANDLER_ERR.get() {
+        Some(e) => Err(e.clone()),
+        None => Ok(()),
+    }
+}
+
+/// State shared by the vCPU threads and the supervisor.
+#[derive(Debug)]
+pub struct Shared {
+    pub stop: AtomicBool,
+    pub exit: Mutex<Option<VmExit>>,
+    pub exit_evt: EventFd,
+    pub threads: Mutex<Vec<libc::pthread_t>>,
+    /// When vCPU 0 first entered `KVM_RUN`.
+    pub first_run: OnceLock<Instant>,
+    /// When the first reason to end was recorded.
+    pub exited_at: OnceLock<Instant>,
+    pub serial: Arc<SerialDevice>,
+    pub pio: Bus,
+    pub mmio: Bus,
+}
+
+impl Shared {
+    /// Ask every vCPU to leave `KVM_RUN` and its loop.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        for t in threads.iter().filter(|t| **t != me) {
+            // SAFETY: the threads are joined only after this lock is
+            // released for the last time by `RunningMachine::stop`, so each
+            // id still names a thread (possibly finished, not yet joined).
+            unsafe { libc::pthread_kill(*t, kick_signal()) };
+        }
+    }
+
+    /// Record why the VM ended (the first reason wins) and stop it.
+    pub fn finish(&self, why: VmExit) {
+        {
+            let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+            if exit.is_none() {
+                *exit = Some(why);
+                self.exited_at.get_or_init(Instant::now);
+            }
+        }
+        self.serial.finish();
+        self.request_stop();
+        let _ = self.exit_evt.write(1);
+    }
+}
+
+enum Next {
+    Continue,
+    End(VmExit),
+    /// Fatal; the registers are read for the message.
+    Fatal(String),
+}
+
+fn unblock_kick() {
+    // SAFETY: plain signal-set manipulation on a zeroed local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, kick_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn shutdown_reason(shared: &Shared) -> VmExit {
+    match shared.serial.panic_message() {
+        Some(p) => VmExit::Panic(p),
+        None => VmExit::Reset,
+    }
+}
+
+fn handle(shared: &Shared, exit: VcpuExit<'_>) -> Next {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !shared.pio.read(u64::from(port), data) {
+                data.fill(0xff);
+            }
+            Next::Continue
+        }
+        VcpuExit::IoOut(port, data) => {
+            shared.pio.write(u64::from(port), data);
+            Next::Continue
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            data.fill(0);
+            shared.mmio.read(addr, data);
+            Next::Continue
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            shared.mmio.write(addr, data);
+            Next::Continue
+        }
+        VcpuExit::Shutdown => Next::End(shutdown_reason(shared)),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET => {
+                Next::End(shutdown_reason(shared))
+            }
+            KVM_SYSTEM_EVENT_CRASH => Next::End(VmExit::Panic(
+                shared
+                    .serial
+                    .panic_message()
+                    .unwrap_or_else(|| "the guest reported a crash".into()),
+            )),
+            k => Next::Fatal(format!("unexpected system event {k}")),
+        },
+        VcpuExit::Hlt => Next::End(VmExit::Halted),
+        VcpuExit::Intr | VcpuExit::IrqWindowOpen => Next::Continue,
+        VcpuExit::FailEntry(reason, cpu) => Next::Fatal(format!(
+            "KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {reason:#x}, host CPU {cpu})"
+        )),
+        VcpuExit::InternalError => Next::Fatal("KVM_EXIT_INTERNAL_ERROR".into()),
+        other => Next::Fatal(format!("unexpected exit {other:?}")),
+    }
+}
+
+fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if id == 0 {
+            shared.first_run.get_or_init(Instant::now);
+        }
+        let next = match vcpu.run() {
+            Ok(exit) => handle(shared, exit),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+                Next::Continue
+            }
+            Err(e) => Next::Fatal(format!("KVM_RUN failed: {e}")),
+        };
+        match next {
+            Next::Continue => {}
+            Next::End(why) => return shared.finish(why),
+            Next::Fatal(what) => {
+                let rip = vcpu
+                    .get_regs()
+                    .map(|r| format!("{:#x}", r.rip))
+                    .unwrap_or_else(|_| "unknown".into());
+                return shared.finish(VmExit::Fatal(format!("vCPU {id}: {what} at rip {rip}")));
+            }
+        }
+    }
+}
+
+/// Start vCPU `id`'s thread.
+pub fn spawn(id: u8, mut vcpu: VcpuFd, shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+    use std::os::unix::thread::JoinHandleExt;
+    let s = shared.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || {
+            unblock_kick();
+            KVM_RUN.with(|c| c.set(vcpu.get_kvm_run() as *mut kvm_run));
+            run_loop(id, &mut vcpu, &s);
+            KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+            drop(vcpu);
+        })?;
+    shared
+        .threads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(handle.as_pthread_t());
+    Ok(handle)
+}
