@@ -33,7 +33,7 @@ pub fn not_enforced(
     v
 }
 
-fn limit_feature(limit: &str) -> &'static str {
+pub fn limit_feature(limit: &str) -> &'static str {
     match limit {
         "memory" => "limit:memory",
         "memory-swap" => "limit:memory-swap",

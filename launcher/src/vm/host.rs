@@ -41,6 +41,16 @@ pub struct Kvm {
     pub api_version: i32,
 }
 
+impl Kvm {
+    /// The checked `/dev/kvm` as kvm-ioctls' handle.
+    pub fn into_kvm(self) -> kvm_ioctls::Kvm {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: `fd` is an open /dev/kvm descriptor that we own and hand
+        // over; kvm-ioctls takes ownership and closes it.
+        unsafe { kvm_ioctls::Kvm::from_raw_fd(self.fd.into_raw_fd()) }
+    }
+}
+
 /// Check `/dev/kvm` for a standard guest.
 pub fn check() -> Result<Kvm, HostError> {
     check_at(Path::new("/dev/kvm"), Path::new("/sys/module"))

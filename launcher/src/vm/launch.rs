@@ -87,10 +87,10 @@ fn shape(spec: &Spec) -> Result<(u8, u32), VmError> {
                 )));
             }
             // The guest lives below the 32-bit MMIO window for now.
-            if mib > super::memory::MAX_MEMORY_MIB as u64 {
+            if mib > super::memory::MAX_MIB as u64 {
                 return Err(VmError::Unsupported(format!(
                     "--memory {bytes}: the micro-VM supports at most {} MiB in this version",
-                    super::memory::MAX_MEMORY_MIB
+                    super::memory::MAX_MIB
                 )));
             }
             mib as u32
@@ -195,20 +195,18 @@ fn dup(fd: i32) -> Result<OwnedFd, VmError> {
 fn attach(machine: &mut Machine, dev: Box<dyn VirtioDevice>) -> Result<(), VmError> {
     machine
         .add_virtio_mmio(move |mem, interrupt| {
-            let t = MmioTransport::new(dev, mem, interrupt)?;
-            let kicks = t.queue_kicks();
-            Ok::<_, super::virtio::mmio::MmioError>((
-                Arc::new(t) as Arc<dyn super::bus::BusDevice>,
-                kicks,
-            ))
+            let t = MmioTransport::new(dev, mem, interrupt).map_err(|e| e.to_string())?;
+            let kicks = t.queue_kicks().map_err(|e| crate::errors::io_reason(&e))?;
+            Ok::<_, String>((Arc::new(t) as Arc<dyn super::bus::BusDevice>, kicks))
         })
+        .map(|_slot| ())
         .map_err(VmError::from)
 }
 
 /// Run `spec` in a micro-VM; `sigfd` has the forwarded signals.
 pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcome, VmError> {
     let t0 = Instant::now();
-    let kvm = host::check()?;
+    let kvm = host::check()?.into_kvm();
     let guest_kernel = kernel::find(spec.vm_kernel.as_deref())?;
     report.kernel = guest_kernel.path.display().to_string();
     report.not_enforced = check_supported(spec)?;
@@ -217,7 +215,7 @@ pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcom
     report.memory_mib = memory_mib;
 
     let init = initramfs::init_binary()?;
-    let image = initramfs::build(&init);
+    let image = initramfs::build(&init)?;
 
     // The exports: the host root read-only, then each bind volume.
     let mut shares = Vec::new();

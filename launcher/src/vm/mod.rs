@@ -28,12 +28,6 @@ pub mod serial;
 pub mod supervise;
 pub mod vcpu;
 pub mod virtio;
-// The machine (VMM core).
-pub mod arch;
-pub mod machine;
-pub mod memory;
-pub mod serial;
-pub mod vcpu;
 
 use crate::spec::Spec;
 

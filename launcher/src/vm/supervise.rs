@@ -85,6 +85,7 @@ fn describe_exit(e: Option<VmExit>) -> Failure {
              to read its kernel log)"
                 .into(),
         ),
+        Some(VmExit::Halted) => Failure::Guest("a vCPU halted with interrupts off".into()),
         Some(VmExit::Fatal(why)) => Failure::Vmm(format!("the VMM stopped the guest: {why}")),
         Some(VmExit::Stopped) | None => Failure::Vmm("the VM stopped unexpectedly".into()),
     }
