@@ -385,10 +385,18 @@ impl Machine {
                 err,
             })?;
         let interrupt = Arc::new(Interrupt::new(irqfd));
-        let (dev, kicks) = make(self.mem.clone(), interrupt).map_err(|e| MachineError::Device {
-            addr: base,
-            reason: e.to_string(),
-        })?;
+        let made = make(self.mem.clone(), interrupt.clone());
+        let (dev, kicks) = match made {
+            Ok(d) => d,
+            Err(e) => {
+                // The slot and IRQ stay free for the next device.
+                let _ = self.vm.unregister_irqfd(interrupt.irqfd(), irq);
+                return Err(MachineError::Device {
+                    addr: base,
+                    reason: e.to_string(),
+                });
+            }
+        };
         for (queue, kick) in &kicks {
             self.vm
                 .register_ioevent(
@@ -642,6 +650,60 @@ mod tests {
             kernel_cmdline(&[], "a -- b", &[]),
             Err(MachineError::Cmdline(_))
         ));
+    }
+
+    struct Nothing;
+    impl BusDevice for Nothing {
+        fn read(&self, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write(&self, _: u64, _: &[u8]) {}
+    }
+
+    /// Needs /dev/kvm and the installed kernel; skipped (passes) without.
+    #[test]
+    fn devices_get_slots_irqs_and_command_line_entries() {
+        let kernel = std::path::Path::new("/usr/local/share/sandbox/kernel/vmlinux");
+        let Ok(kvm) = Kvm::new() else { return };
+        if !kernel.is_file() {
+            return;
+        }
+        let cfg = MachineConfig {
+            kernel: kernel.into(),
+            kernel_format: kernel::Format::Elf,
+            cpus: 1,
+            memory_mib: 64,
+            cmdline: String::new(),
+            init_args: vec!["--vm".into()],
+            initramfs: b"07070100".to_vec(),
+            console: Console::Discard,
+        };
+        let mut m = Machine::new(&kvm, cfg).unwrap();
+        for (i, expect) in [(0u64, 5u32), (1, 6)] {
+            let slot = m
+                .add_virtio_mmio(|_mem, _irq| {
+                    let kick = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
+                    let dev: Arc<dyn BusDevice> = Arc::new(Nothing);
+                    Ok::<_, String>((dev, vec![(0, kick)]))
+                })
+                .unwrap();
+            assert_eq!(
+                slot,
+                MmioSlot {
+                    base: 0xd000_0000 + i * 0x1000,
+                    irq: expect
+                }
+            );
+        }
+        let err = m
+            .add_virtio_mmio(|_, _| Err::<(Arc<dyn BusDevice>, Vec<(u16, EventFd)>), _>("no"))
+            .unwrap_err();
+        assert!(err.to_string().contains("0xd0002000: no"), "{err}");
+        assert_eq!(
+            m.cmdline().unwrap(),
+            "console=ttyS0 quiet panic=-1 reboot=t virtio_mmio.device=4K@0xd0000000:5 \
+             virtio_mmio.device=4K@0xd0001000:6 -- --vm"
+        );
     }
 
     #[test]
