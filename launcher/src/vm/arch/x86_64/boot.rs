@@ -205,15 +205,41 @@ pub fn boot_params(
     p
 }
 
-/// Write everything the kernel reads at entry besides itself: command
-/// line, initramfs, MP table and zero page.
-pub fn write_boot_data(
+/// Write the initramfs high in memory; its (address, size), none when empty.
+pub fn write_initramfs(
+    mem: &Mem,
+    kernel: &LoadedKernel,
+    mem_size: u64,
+    initramfs: &[u8],
+) -> Result<Option<(u64, u64)>, BootError> {
+    if initramfs.is_empty() {
+        return Ok(None);
+    }
+    let max = kernel
+        .setup_header
+        .map(|h| u64::from(h.initrd_addr_max))
+        .filter(|m| *m != 0)
+        .unwrap_or(INITRD_ADDR_MAX_DEFAULT);
+    let size = initramfs.len() as u64;
+    let addr = initrd_addr(mem_size, size, max, kernel.kernel_end)?;
+    write(mem, "the initramfs", addr, initramfs)?;
+    Ok(Some((addr, size)))
+}
+
+/// Write the MP table for `cpus` vCPUs.
+pub fn write_mptable(mem: &Mem, cpus: u8) -> Result<(), BootError> {
+    let mp = mptable::build(cpus, MPTABLE_START)?;
+    write(mem, "the MP table", MPTABLE_START, &mp)
+}
+
+/// Write the command line and the zero page pointing at it and at the
+/// initramfs.
+pub fn write_cmdline_and_zero_page(
     mem: &Mem,
     kernel: &LoadedKernel,
     mem_size: u64,
     cmdline: &str,
-    initramfs: &[u8],
-    cpus: u8,
+    initrd: Option<(u64, u64)>,
 ) -> Result<(), BootError> {
     if cmdline.as_bytes().contains(&0) {
         return Err(BootError::CmdlineNul);
@@ -226,24 +252,6 @@ pub fn write_boot_data(
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
     write(mem, "the command line", CMDLINE_ADDR, &bytes)?;
-
-    let initrd = if initramfs.is_empty() {
-        None
-    } else {
-        let max = kernel
-            .setup_header
-            .map(|h| u64::from(h.initrd_addr_max))
-            .filter(|m| *m != 0)
-            .unwrap_or(INITRD_ADDR_MAX_DEFAULT);
-        let size = initramfs.len() as u64;
-        let addr = initrd_addr(mem_size, size, max, kernel.kernel_end)?;
-        write(mem, "the initramfs", addr, initramfs)?;
-        Some((addr, size))
-    };
-
-    let mp = mptable::build(cpus, MPTABLE_START)?;
-    write(mem, "the MP table", MPTABLE_START, &mp)?;
-
     let params = boot_params(kernel, mem_size, cmdline.len(), initrd);
     mem.write_obj(params, GuestAddress(ZERO_PAGE))
         .map_err(|e| BootError::Write {
@@ -251,6 +259,21 @@ pub fn write_boot_data(
             addr: ZERO_PAGE,
             reason: e.to_string(),
         })
+}
+
+/// Everything the kernel reads at entry besides itself: command line,
+/// initramfs, MP table and zero page.
+pub fn write_boot_data(
+    mem: &Mem,
+    kernel: &LoadedKernel,
+    mem_size: u64,
+    cmdline: &str,
+    initramfs: &[u8],
+    cpus: u8,
+) -> Result<(), BootError> {
+    let initrd = write_initramfs(mem, kernel, mem_size, initramfs)?;
+    write_mptable(mem, cpus)?;
+    write_cmdline_and_zero_page(mem, kernel, mem_size, cmdline, initrd)
 }
 
 #[cfg(test)]
