@@ -275,6 +275,7 @@ impl VirtioDevice for Vsock {
                     used: false,
                     accepted: 0,
                     registered: false,
+                    flush_seen: false,
                 })
                 .collect(),
             ctrl: VecDeque::new(),
@@ -320,6 +321,8 @@ struct Slot {
     accepted: u32,
     /// The Stream socket is in the epoll set.
     registered: bool,
+    /// The closed connection's flush was reported.
+    flush_seen: bool,
 }
 
 impl Slot {
@@ -462,7 +465,8 @@ impl Worker {
                 if s.host.failed() {
                     self.close(i, true);
                 }
-            } else if s.used && s.host.flushed() {
+            } else if s.used && !s.flush_seen && s.host.flushed() {
+                s.flush_seen = true;
                 let port = s.port;
                 self.status.update(port, |st| st.flushed = true);
             }

@@ -622,6 +622,10 @@ fn host_to_guest_respects_guest_credit_and_resumes_on_update() {
 #[test]
 fn guest_flood_stops_at_credit_on_a_slow_stdout() {
     let (r, w) = pipe();
+    // The test counts on a pipe that takes exactly one 64 KiB chunk.
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; no memory is passed.
+    let sz = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 64 * 1024) };
+    assert_eq!(sz, 64 * 1024);
     let mut d = device(vec![(1026, Endpoint::Output(w))]);
     let h = d.handle();
     let mut g = Guest::start(&mut d);
