@@ -299,3 +299,24 @@ impl From<WireError> for i32 {
         libc::EPROTO
     }
 }
+
+/// The virtio-9p device serves its queue with this server.
+impl crate::vm::virtio::p9::P9Handler for Server {
+    fn handle(&mut self, req: &[u8], out: &mut Vec<u8>) {
+        // The device hands over the chain's whole readable part, which may
+        // carry padding after the message: cut it at the declared size
+        // (a size larger than what arrived is left for `handle` to refuse).
+        let declared = req
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        let req = match declared {
+            Some(n) if n >= 7 && n <= req.len() => &req[..n],
+            _ => req,
+        };
+        Server::handle(self, req, out);
+    }
+
+    fn max_msize(&self) -> u32 {
+        Server::max_msize(self)
+    }
+}

@@ -272,7 +272,8 @@ pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcom
             kernel_format: guest_kernel.format,
             cpus: vcpus,
             memory_mib,
-            cmdline: String::new(),
+            // Extra kernel arguments, for debugging (docs/vm.md).
+            cmdline: std::env::var("SANDBOX_VM_CMDLINE").unwrap_or_default(),
             init_args: vec![ports::INIT_VM_ARG.to_string()],
             initramfs: image,
             console,
