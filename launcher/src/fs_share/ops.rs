@@ -387,9 +387,17 @@ impl Server {
                 Kind::Dir => return Err(libc::EISDIR),
                 _ => return Err(libc::EINVAL),
             }
-            let fd =
-                n.reopen(libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)?;
-            host::ftruncate(fd.as_fd(), size)?;
+            // The fid's own descriptor where it is open for writing (a
+            // file created 0444 and opened O_RDWR may still be truncated),
+            // else a new one, which needs write permission like truncate(2).
+            let own = match &self.fids.get(fid)?.state {
+                State::Open { fd } => host::ftruncate(fd.as_fd(), size).ok(),
+                _ => None,
+            };
+            if own.is_none() {
+                let flags = libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK;
+                host::ftruncate(n.reopen(flags)?.as_fd(), size)?;
+            }
         }
         if valid & (SETATTR_ATIME | SETATTR_MTIME) != 0 {
             let times = [
