@@ -14,9 +14,7 @@ use sandbox::vm::virtio::mmio::{status, MmioTransport, MMIO_SIZE};
 use sandbox::vm::virtio::p9::{P9Handler, P9Server};
 use sandbox::vm::virtio::queue::{serve_queue, ChainServer};
 use sandbox::vm::virtio::rng::RngServer;
-use sandbox::vm::virtio::{
-    ActivateError, Activation, Interrupt, Mem, VirtioDevice, F_VERSION_1,
-};
+use sandbox::vm::virtio::{ActivateError, Activation, Interrupt, Mem, VirtioDevice, F_VERSION_1};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -130,7 +128,10 @@ fuzz_target!(|data: &[u8]| {
                     let n = serve_queue(&a.mem, q, server, &int);
                     // Every served chain was popped once, and added to the
                     // used ring at most once (not when its head was bogus).
-                    assert_eq!(q.next_avail().wrapping_sub(avail_before) as usize, n % 65536);
+                    assert_eq!(
+                        q.next_avail().wrapping_sub(avail_before) as usize,
+                        n % 65536
+                    );
                     assert!(q.next_used().wrapping_sub(before) as usize <= n);
                 }
             }
@@ -159,7 +160,11 @@ fuzz_target!(|data: &[u8]| {
         }
         let st = t.status();
         if st & status::DRIVER_OK != 0 && st & status::FAILED == 0 {
-            assert_ne!(st & status::FEATURES_OK, 0, "DRIVER_OK without FEATURES_OK: {st:#x}");
+            assert_ne!(
+                st & status::FEATURES_OK,
+                0,
+                "DRIVER_OK without FEATURES_OK: {st:#x}"
+            );
         }
         let mut magic = [0u8; 4];
         t.read(0, &mut magic);
