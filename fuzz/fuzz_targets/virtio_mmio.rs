@@ -14,9 +14,7 @@ use sandbox::vm::virtio::mmio::{status, MmioTransport, MMIO_SIZE};
 use sandbox::vm::virtio::p9::{P9Handler, P9Server};
 use sandbox::vm::virtio::queue::{serve_queue, ChainServer};
 use sandbox::vm::virtio::rng::RngServer;
-use sandbox::vm::virtio::{
-    ActivateError, Activation, Interrupt, Mem, VirtioDevice, F_VERSION_1,
-};
+use sandbox::vm::virtio::{ActivateError, Activation, Interrupt, Mem, VirtioDevice, F_VERSION_1};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -66,12 +64,16 @@ impl P9Handler for Echo {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (image, ops) = data.split_at(data.len().min(MEM_SIZE / 4));
+    // Input: image length (1 byte, x16), the memory image, the ops.
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let (image, ops) = rest.split_at(rest.len().min(usize::from(n) * 16));
     let mem: Mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    // The image is repeated over the first quarter-ish of memory, where
-    // the ring addresses the ops pick will mostly land.
+    // The image is repeated over memory, so that whatever addresses the
+    // rings and descriptors get, they see fuzzer bytes.
     if !image.is_empty() {
-        for at in (0..MEM_SIZE).step_by(image.len()).take(4) {
+        for at in (0..MEM_SIZE).step_by(image.len()) {
             let _ = mem.write_slice(image, GuestAddress(at as u64));
         }
     }
@@ -99,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
         let off = u64::from(u16::from_le_bytes([rest[0], rest[1]])) % (MMIO_SIZE + 8);
         let val = u32::from_le_bytes([rest[2], rest[3], rest[4], rest[5]]);
         ops = &rest[6..];
-        match op % 8 {
+        match op % 9 {
             // Register writes (mostly 4-byte, aligned to the register map).
             0 | 1 | 2 => t.write(off & !3 & 0xff, &val.to_le_bytes()),
             3 => {
@@ -122,19 +124,47 @@ fuzz_target!(|data: &[u8]| {
                     let q = &mut a.queues[0].queue;
                     let before = q.next_used();
                     let avail_before = q.next_avail();
-                    let server: &mut dyn ChainServer = if op % 8 == 6 { &mut p9 } else { &mut rng };
+                    let server: &mut dyn ChainServer = if op % 9 == 6 { &mut p9 } else { &mut rng };
                     let n = serve_queue(&a.mem, q, server, &int);
                     // Every served chain was popped once, and added to the
                     // used ring at most once (not when its head was bogus).
-                    assert_eq!(q.next_avail().wrapping_sub(avail_before) as usize, n % 65536);
+                    assert_eq!(
+                        q.next_avail().wrapping_sub(avail_before) as usize,
+                        n % 65536
+                    );
                     assert!(q.next_used().wrapping_sub(before) as usize <= n);
                 }
             }
-            _ => unreachable!(),
+            // What the Linux driver does up to DRIVER_OK, with the rings
+            // of queue 0 where `val` says (often in memory, sometimes
+            // overlapping or misaligned).
+            8 => {
+                let w = |o: u64, v: u32| t.write(o, &v.to_le_bytes());
+                w(0x70, 0);
+                w(0x70, 1);
+                w(0x70, 3);
+                w(0x24, 1);
+                w(0x20, 1);
+                w(0x24, 0);
+                w(0x20, val >> 28 << 29);
+                w(0x70, 11);
+                w(0x30, 0);
+                w(0x38, 1 << (val & 7));
+                w(0x80, (val >> 3 & 0xff) << 8);
+                w(0x90, (val >> 11 & 0xff) << 8);
+                w(0xa0, (val >> 19 & 0xff) << 8);
+                w(0x44, 1);
+                w(0x70, 15);
+            }
+            _ => {}
         }
         let st = t.status();
         if st & status::DRIVER_OK != 0 && st & status::FAILED == 0 {
-            assert_ne!(st & status::FEATURES_OK, 0, "DRIVER_OK without FEATURES_OK: {st:#x}");
+            assert_ne!(
+                st & status::FEATURES_OK,
+                0,
+                "DRIVER_OK without FEATURES_OK: {st:#x}"
+            );
         }
         let mut magic = [0u8; 4];
         t.read(0, &mut magic);
