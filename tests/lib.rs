@@ -1682,9 +1682,7 @@ pub fn guest_kernel_unavailable() -> Option<String> {
         .iter()
         .any(|d| d.join("vmlinux").is_file() || d.join("bzImage").is_file());
     (!found).then(|| {
-        format!(
-            "no guest kernel installed (looked in {dirs:?}); run scripts/build-kernel.sh"
-        )
+        format!("no guest kernel installed (looked in {dirs:?}); run scripts/build-kernel.sh")
     })
 }
 

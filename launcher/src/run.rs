@@ -10,7 +10,8 @@ use crate::cli::RunArgs;
 use crate::container::Running;
 use crate::container::{self, StartError};
 use crate::errors::{
-    signal_status, EXIT_CANNOT_EXEC, EXIT_GUEST, EXIT_NOT_FOUND, EXIT_OOM, EXIT_SANDBOX, EXIT_TIMEOUT,
+    signal_status, EXIT_CANNOT_EXEC, EXIT_GUEST, EXIT_NOT_FOUND, EXIT_OOM, EXIT_SANDBOX,
+    EXIT_TIMEOUT,
 };
 use crate::receipt::{self, Record};
 use crate::security::dac::{self, DacError};
@@ -69,7 +70,11 @@ pub fn run(args: &RunArgs) -> i32 {
     let result = run_inner(args, &caller, &mut spec_out, &mut ctx);
 
     let (code, status, timed_out) = match &result {
-        Ok(o) if ctx.guest_failed => (EXIT_GUEST, json!({ "guest_failed": o.status.clone().err() }), false),
+        Ok(o) if ctx.guest_failed => (
+            EXIT_GUEST,
+            json!({ "guest_failed": o.status.clone().err() }),
+            false,
+        ),
         Ok(o) => outcome_code(o),
         Err(e) => {
             eprintln!("sandbox: {e}");

@@ -56,6 +56,11 @@ pub struct Node {
     pub kind: Kind,
     pub dev: u64,
     pub ino: u64,
+    /// The root of a kernel pseudo-file system mounted below the export
+    /// (`/proc`, `/sys`, ...): served as an empty directory, so the guest
+    /// can mount its own file system there, but nothing below it is ever
+    /// looked up or listed.
+    pub sealed: bool,
     /// None for the export root.
     loc: Mutex<Option<Loc>>,
     live: Arc<AtomicUsize>,
@@ -103,6 +108,7 @@ impl Node {
             kind: Kind::of(st.st_mode),
             dev: st.st_dev,
             ino: st.st_ino,
+            sealed: false,
             loc: Mutex::new(loc),
             live: live.clone(),
         }
@@ -189,18 +195,24 @@ pub fn lookup(
     if dir.kind != Kind::Dir {
         return Err(libc::ENOTDIR);
     }
+    if dir.sealed {
+        return Err(libc::ENOENT);
+    }
     let fd = host::open_path(dir.fd.as_fd(), name)?;
     let st = host::fstat(fd.as_fd())?;
     // A pseudo-file system can only be reached by crossing a mount, which
     // changes st_dev (the export root itself was checked when opened).
-    if st.st_dev != dir.dev && pseudo_fs(fd.as_fd())?.is_some() {
+    let sealed = st.st_dev != dir.dev && pseudo_fs(fd.as_fd())?.is_some();
+    if sealed && Kind::of(st.st_mode) != Kind::Dir {
         return Err(libc::EACCES);
     }
     let loc = Loc {
         parent: dir.clone(),
         name: name.to_owned(),
     };
-    Ok((Node::new(fd, &st, Some(loc), live), st))
+    let mut node = Node::new(fd, &st, Some(loc), live);
+    node.sealed = sealed;
+    Ok((node, st))
 }
 
 impl Drop for Node {

@@ -576,6 +576,13 @@ impl Server {
         if f.node.kind != Kind::Dir {
             return Err(libc::ENOTDIR);
         }
+        if f.node.sealed {
+            // A pseudo-file system's mount point reads as empty.
+            let mut m = Msg::begin(out, msg::TREADDIR + 1, tag);
+            m.u32(0);
+            m.finish();
+            return Ok(());
+        }
         let fd = f.open_fd()?.as_fd();
         let at_root = f.node.is_root();
         let dir_dev = f.node.dev;

@@ -21,6 +21,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vmm_sys_util::eventfd::EventFd;
+
 use sandbox_proto::{vm as ports, InitSpec, Mount, RootSource, SysMode, UserSpec};
 
 use super::machine::{Console, Machine, MachineConfig};
@@ -192,10 +194,20 @@ fn dup(fd: i32) -> Result<OwnedFd, VmError> {
 }
 
 /// Put one device on the machine behind a virtio-mmio transport.
-fn attach(machine: &mut Machine, dev: Box<dyn VirtioDevice>) -> Result<(), VmError> {
+/// `stop` becomes readable when the VM is torn down; each device's worker
+/// then exits.
+fn attach(
+    machine: &mut Machine,
+    dev: Box<dyn VirtioDevice>,
+    stop: &EventFd,
+) -> Result<(), VmError> {
+    let stop = stop
+        .try_clone()
+        .map_err(|e| VmError::Setup(format!("eventfd: {}", crate::errors::io_reason(&e))))?;
     machine
         .add_virtio_mmio(move |mem, interrupt| {
             let t = MmioTransport::new(dev, mem, interrupt).map_err(|e| e.to_string())?;
+            t.set_stop_event(stop);
             let kicks = t.queue_kicks().map_err(|e| crate::errors::io_reason(&e))?;
             Ok::<_, String>((Arc::new(t) as Arc<dyn super::bus::BusDevice>, kicks))
         })
@@ -279,10 +291,16 @@ pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcom
             console,
         },
     )?;
-    attach(&mut machine, Box::new(Rng::new()))?;
-    attach(&mut machine, Box::new(vsock))?;
+    let stop = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| VmError::Setup(format!("eventfd: {}", crate::errors::io_reason(&e))))?;
+    attach(&mut machine, Box::new(Rng::new()), &stop)?;
+    attach(&mut machine, Box::new(vsock), &stop)?;
     for (tag, server) in servers {
-        attach(&mut machine, Box::new(P9::new(&tag, Box::new(server))?))?;
+        attach(
+            &mut machine,
+            Box::new(P9::new(&tag, Box::new(server))?),
+            &stop,
+        )?;
     }
     let running = machine.start()?;
     let outcome = supervise::run(supervise::Session {
@@ -296,6 +314,7 @@ pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcom
         report,
     });
     running.stop();
+    let _ = stop.write(1);
     Ok(outcome)
 }
 

@@ -280,7 +280,10 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
     }
     // The command's output may still be on its way through the device.
     let _ = s.vsock.wait_closed(
-        &[sandbox_proto::vm::STDOUT_PORT, sandbox_proto::vm::STDERR_PORT],
+        &[
+            sandbox_proto::vm::STDOUT_PORT,
+            sandbox_proto::vm::STDERR_PORT,
+        ],
         DRAIN_TIMEOUT,
     );
     Ok(Outcome {
