@@ -110,7 +110,14 @@ pub fn boot() -> Option<StepError> {
     let mounted = switch_root();
     if mounted.is_ok() {
         if let Ok(kmsg) = sys::open(c"/dev/kmsg", libc::O_WRONLY) {
-            set_log_fd(kmsg);
+            // Moved above the standard numbers: fd 3 is the control
+            // channel's place, and open(2) may just have returned 3.
+            // SAFETY: F_DUPFD_CLOEXEC returns a new fd or -1.
+            let high = unsafe { libc::fcntl(kmsg.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+            if high >= 0 {
+                // SAFETY: a fresh descriptor owned by nobody else.
+                set_log_fd(unsafe { OwnedFd::from_raw_fd(high) });
+            }
         }
     }
     if let Err(e) = connect_onto(CONTROL_PORT, chan::CTRL_FD, None) {
@@ -198,8 +205,17 @@ fn switch_root() -> Result<(), StepError> {
 /// (then half-closed with `how`).
 fn connect_onto(port: u32, target: RawFd, how: Option<libc::c_int>) -> Result<(), Errno> {
     let sock = connect(port)?;
-    // SAFETY: dup2 onto a standard fd number; clears close-on-exec there.
-    sys::check(unsafe { libc::dup2(sock.as_raw_fd(), target) }.into())?;
+    if sock.as_raw_fd() == target {
+        // The socket got the wanted number itself (it was free): keep it,
+        // without close-on-exec, as dup2 would have left it.
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(sock);
+        // SAFETY: clearing the fd flags of the descriptor we just kept.
+        sys::check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }.into())?;
+    } else {
+        // SAFETY: dup2 onto a standard fd number; clears close-on-exec
+        // there. `sock` itself is closed when dropped.
+        sys::check(unsafe { libc::dup2(sock.as_raw_fd(), target) }.into())?;
+    }
     if let Some(how) = how {
         // SAFETY: shutdown of a connected socket we own.
         sys::check(unsafe { libc::shutdown(target, how) }.into())?;
