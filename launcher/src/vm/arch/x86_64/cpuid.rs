@@ -14,6 +14,11 @@ const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
 /// "KVMKVMKVM\0\0\0" as ebx, ecx, edx.
 const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: VMX (Intel virtualization). The sandbox guest gets no
+/// nested virtualization: no guest hypervisor, no extra attack surface.
+const ECX_VMX: u32 = 1 << 5;
+/// Leaf 0x8000_0001 ECX: SVM (AMD virtualization).
+const ECX_SVM: u32 = 1 << 2;
 const EDX_HTT: u32 = 1 << 28;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,11 +74,20 @@ pub fn patch(entries: &mut [kvm_cpuid_entry2], id: u8, cpus: u8) {
                 // CLFLUSH line size in 8-byte units [15:8].
                 e.ebx = (id32 << 24) | (cpus.min(255) << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx |= ECX_HYPERVISOR;
+                e.ecx &= !ECX_VMX;
                 if cpus > 1 {
                     e.edx |= EDX_HTT;
                 } else {
                     e.edx &= !EDX_HTT;
                 }
+            }
+            0x8000_0001 => e.ecx &= !ECX_SVM,
+            // SVM feature leaf: nothing to advertise without SVM.
+            0x8000_000a => {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
             }
             4 => {
                 // Cores per package - 1 [31:26]; threads sharing the cache - 1
@@ -123,6 +137,34 @@ mod tests {
             edx: EDX_HTT,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn no_nested_virtualization_is_advertised() {
+        let mut e = vec![
+            kvm_cpuid_entry2 {
+                function: 1,
+                ecx: ECX_VMX | 1,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0x8000_0001,
+                ecx: ECX_SVM | 1,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0x8000_000a,
+                eax: 1,
+                ebx: 0x8000,
+                edx: 0xff,
+                ..Default::default()
+            },
+        ];
+        patch(&mut e, 0, 1);
+        assert_eq!(e[0].ecx & ECX_VMX, 0);
+        assert_eq!(e[0].ecx & 1, 1, "other bits stay");
+        assert_eq!(e[1].ecx, 1);
+        assert_eq!((e[2].eax, e[2].ebx, e[2].edx), (0, 0, 0));
     }
 
     #[test]
