@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 MUSL := x86_64-unknown-linux-musl
 CARGO ?= cargo
 
-.PHONY: all build install test bench clean
+.PHONY: all build install kernel test bench clean
 
 all: build
 
@@ -25,6 +25,10 @@ install: build
 	$(DESTDIR)$(PREFIX)/bin/sandbox completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/sandbox
 	@echo "installed; first run:"
 	$(DESTDIR)$(PREFIX)/bin/sandbox run -- uname -a
+
+# The micro-VM guest kernel (cached by its configuration's hash).
+kernel:
+	scripts/build-kernel.sh
 
 test:
 	scripts/test.sh

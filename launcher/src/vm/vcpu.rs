@@ -72,7 +72,9 @@ pub struct Shared {
     pub stop: AtomicBool,
     pub exit: Mutex<Option<VmExit>>,
     pub exit_evt: EventFd,
-    pub threads: Mutex<Vec<libc::pthread_t>>,
+    /// The vCPU threads' pthread ids, as integers (`pthread_t` is a
+    /// pointer on musl, which is not `Send`).
+    pub threads: Mutex<Vec<usize>>,
     /// When vCPU 0 first entered `KVM_RUN`.
     pub first_run: OnceLock<Instant>,
     /// When the first reason to end was recorded.
@@ -87,13 +89,13 @@ impl Shared {
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
+        let me = unsafe { libc::pthread_self() } as usize;
         let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         for t in threads.iter().filter(|t| **t != me) {
             // SAFETY: the threads are joined only after this lock is
             // released for the last time by `RunningMachine::stop`, so each
             // id still names a thread (possibly finished, not yet joined).
-            unsafe { libc::pthread_kill(*t, kick_signal()) };
+            unsafe { libc::pthread_kill(*t as libc::pthread_t, kick_signal()) };
         }
     }
 
@@ -227,6 +229,12 @@ pub fn spawn(id: u8, mut vcpu: VcpuFd, shared: Arc<Shared>) -> std::io::Result<J
         .threads
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push(handle.as_pthread_t());
+        .push(raw_pthread(handle.as_pthread_t()));
     Ok(handle)
+}
+
+/// std's raw pthread handle as an integer.
+#[allow(clippy::unnecessary_cast)]
+fn raw_pthread(raw: std::os::unix::thread::RawPthread) -> usize {
+    raw as usize
 }
