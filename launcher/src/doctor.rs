@@ -223,6 +223,26 @@ pub fn checks() -> Vec<Check> {
         },
         required: false,
     });
+    let guest_kernel = crate::vm::kernel::find(None);
+    out.push(Check {
+        feature: "guest kernel (--vm)",
+        status: if guest_kernel.is_ok() { "ok" } else { "missing" },
+        detail: match &guest_kernel {
+            Ok(k) => k.path.display().to_string(),
+            Err(e) => e.to_string(),
+        },
+        required: false,
+    });
+    let guest_init = crate::vm::initramfs::find_init();
+    out.push(Check {
+        feature: "static sandbox-init (--vm)",
+        status: if guest_init.is_ok() { "ok" } else { "missing" },
+        detail: match &guest_init {
+            Ok((p, _)) => p.display().to_string(),
+            Err(e) => e.to_string(),
+        },
+        required: false,
+    });
     let init = crate::initbin::open();
     out.push(check(
         "sandbox-init",
@@ -257,7 +277,7 @@ pub fn run(as_json: bool) -> i32 {
         println!("{}", json!({ "ready": ready, "checks": checks }));
     } else {
         for c in &checks {
-            println!("{:<16} {:<9} {}", c.feature, c.status, c.detail);
+            println!("{:<26} {:<9} {}", c.feature, c.status, c.detail);
         }
         println!(
             "\n{}",
