@@ -3,9 +3,10 @@
 //! line pointer and the initramfs location), the command line, the
 //! initramfs, and the MP table.
 //!
-//! A vmlinux ELF is loaded at its physical addresses and entered at its
-//! ELF entry (`startup_64`, the 64-bit boot protocol; no decompressor,
-//! so no KASLR). A bzImage's protected-mode part is loaded at
+//! A vmlinux ELF is loaded at its physical addresses (mapped from the
+//! file where it can be, see `elf`) and entered at its ELF entry
+//! (`startup_64`, the 64-bit boot protocol; no decompressor, so no
+//! KASLR). A bzImage's protected-mode part is loaded at
 //! `code32_start` and entered at its 64-bit entry (`+0x200`), which the
 //! image must announce (`XLF_KERNEL_64`).
 
@@ -13,9 +14,10 @@ use std::fs::File;
 use std::path::Path;
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
+use linux_loader::loader::{bzimage::BzImage, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::elf::{self, ElfError};
 use super::layout::*;
 use super::mptable;
 use crate::vm::kernel::Format;
@@ -40,6 +42,8 @@ pub enum BootError {
     Open { path: String, reason: String },
     #[error("cannot load the kernel {path}: {reason}")]
     Load { path: String, reason: String },
+    #[error("cannot load the kernel {path}: {err}")]
+    Elf { path: String, err: ElfError },
     #[error("the bzImage {0} has no 64-bit entry point (xloadflags lacks XLF_KERNEL_64); use a 64-bit kernel")]
     Not64Bit(String),
     #[error(
@@ -74,6 +78,8 @@ pub struct LoadedKernel {
     pub kernel_end: u64,
     /// The bzImage's setup header (none for vmlinux).
     pub setup_header: Option<setup_header>,
+    /// Bytes of the image mapped from the file rather than copied.
+    pub mapped: u64,
 }
 
 fn write(mem: &Mem, what: &'static str, addr: u64, bytes: &[u8]) -> Result<(), BootError> {
@@ -85,7 +91,8 @@ fn write(mem: &Mem, what: &'static str, addr: u64, bytes: &[u8]) -> Result<(), B
         })
 }
 
-/// Load the kernel image into guest memory.
+/// Load the kernel image into guest memory, which must be fresh (a
+/// vmlinux's `.bss` is not cleared, it is still zero).
 pub fn load_kernel(mem: &Mem, path: &Path, format: Format) -> Result<LoadedKernel, BootError> {
     let shown = || path.display().to_string();
     let mut file = File::open(path).map_err(|e| BootError::Open {
@@ -98,12 +105,17 @@ pub fn load_kernel(mem: &Mem, path: &Path, format: Format) -> Result<LoadedKerne
     };
     match format {
         Format::Elf => {
-            let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
-                .map_err(load_err)?;
+            let elf_err = |err| BootError::Elf { path: shown(), err };
+            let meta = file
+                .metadata()
+                .map_err(|e| elf_err(ElfError::Read(e.to_string())))?;
+            let image = elf::parse(&file, meta.len(), mem, HIMEM_START).map_err(elf_err)?;
+            let l = elf::load(mem, &mut file, &image, elf::may_map(&meta)).map_err(elf_err)?;
             Ok(LoadedKernel {
-                entry: r.kernel_load.0,
-                kernel_end: r.kernel_end,
+                entry: l.entry,
+                kernel_end: l.end,
                 setup_header: None,
+                mapped: l.mapped,
             })
         }
         Format::BzImage => {
@@ -121,6 +133,7 @@ pub fn load_kernel(mem: &Mem, path: &Path, format: Format) -> Result<LoadedKerne
                 entry: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY,
                 kernel_end: r.kernel_end,
                 setup_header: Some(hdr),
+                mapped: 0,
             })
         }
     }
@@ -310,6 +323,7 @@ mod tests {
             entry: 0x100_0000,
             kernel_end: 0x300_0000,
             setup_header: None,
+            mapped: 0,
         };
         let p = boot_params(&k, 256 * MIB, 42, Some((0x0ff0_0000, 0x1234)));
         let h = p.hdr;
@@ -350,6 +364,7 @@ mod tests {
             entry: 0x100_0000,
             kernel_end: 0x200_0000,
             setup_header: None,
+            mapped: 0,
         };
         write_boot_data(&mem, &k, 64 * MIB, "console=ttyS0", b"cpio!", 2).unwrap();
         let mut buf = [0u8; 14];

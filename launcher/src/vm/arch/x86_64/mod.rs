@@ -13,6 +13,7 @@
 pub mod boot;
 pub mod cpu;
 pub mod cpuid;
+pub mod elf;
 pub mod mptable;
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
