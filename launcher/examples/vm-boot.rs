@@ -300,7 +300,7 @@ fn bench_line(
     let main_to_first = to_new + total;
     let mut line = format!(
         "vm-boot: bench main_to_new_us={} create_vm_us={} memory_us={} memory_register_us={} \
-         irqchip_us={} load_kernel_us={} load_phase_us={} cpuid_serial_us={} devices_us={} \
+         irqchip_us={} load_kernel_us={} cpuid_us={} load_phase_us={} serial_us={} devices_us={} \
          boot_data_us={} vcpus_us={} first_run_us={} new_to_first_run_us={} \
          main_to_first_run_us={}",
         us(to_new),
@@ -309,8 +309,9 @@ fn bench_line(
         us(t.memory_register),
         us(t.irqchip),
         us(t.load_kernel),
+        us(t.cpuid),
         us(t.load_phase),
-        us(t.cpuid_serial),
+        us(t.serial),
         us(t.devices),
         us(t.boot_data),
         us(t.vcpus),
