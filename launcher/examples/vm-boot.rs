@@ -4,11 +4,19 @@
 //! ```text
 //! cargo run --example vm-boot -- --kernel K --initramfs CPIO [--cpus N] [--memory MIB]
 //!     [--timing] [--console | --log FILE] [--cmdline ARGS] [--marker TEXT]
-//!     [--timeout SECS] [--skip-pvm-check]
+//!     [--timeout SECS] [--skip-pvm-check] [--stop-after-first-run]
 //! ```
 //!
-//! Exit status: 0 when the guest reset, 1 on a guest panic, 2 on any other
-//! end, 3 when the machine could not be started, 64 on a usage error.
+//! `--stop-after-first-run` stops the VM as soon as vCPU 0 has entered
+//! `KVM_RUN` (for start-up benchmarks, and on the PVM host, where the
+//! guest cannot boot); with `--timing` it then prints a `vm-boot: bench`
+//! line of `key=value` figures (µs, KiB). When `VM_BOOT_T0_NS` holds the
+//! `CLOCK_MONOTONIC` time (ns) at which the caller spawned us, the figures
+//! include the time from exec (bench/vm-native.sh sets it).
+//!
+//! Exit status: 0 when the guest reset (or, with `--stop-after-first-run`,
+//! reached `KVM_RUN`), 1 on a guest panic, 2 on any other end, 3 when the
+//! machine could not be started, 64 on a usage error.
 
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::PathBuf;
@@ -29,6 +37,18 @@ struct Args {
     marker: String,
     timeout: Option<f64>,
     skip_pvm_check: bool,
+    stop_after_first_run: bool,
+}
+
+/// `CLOCK_MONOTONIC` in ns (the clock `Instant` uses on Linux).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: one valid timespec on the stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn usage(msg: &str) -> ! {
@@ -36,7 +56,7 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "usage: vm-boot --kernel K [--initramfs CPIO] [--cpus N] [--memory MIB] [--timing] \
          [--console | --log FILE] [--cmdline ARGS] [--marker TEXT] [--timeout SECS] \
-         [--skip-pvm-check]"
+         [--skip-pvm-check] [--stop-after-first-run]"
     );
     std::process::exit(64)
 }
@@ -53,6 +73,7 @@ fn parse() -> Args {
         marker: "VM-BOOT-OK".into(),
         timeout: None,
         skip_pvm_check: false,
+        stop_after_first_run: false,
     };
     let mut it = std::env::args().skip(1);
     let mut kernel = None;
@@ -87,6 +108,7 @@ fn parse() -> Args {
                 )
             }
             "--skip-pvm-check" => a.skip_pvm_check = true,
+            "--stop-after-first-run" => a.stop_after_first_run = true,
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -121,6 +143,7 @@ fn rss_kib(guest_ranges: &[(u64, u64)]) -> Option<(u64, u64)> {
 
 fn main() {
     let t_main = Instant::now();
+    let mono_main = monotonic_ns();
     let a = parse();
     let kvm = if a.skip_pvm_check {
         kvm_ioctls::Kvm::new().unwrap_or_else(|e| {
@@ -188,7 +211,15 @@ fn main() {
             Some((host, r.len()))
         })
         .collect();
-    if let Some(secs) = a.timeout {
+    if a.stop_after_first_run {
+        let deadline = Instant::now() + Duration::from_secs_f64(a.timeout.unwrap_or(5.0));
+        while vm.timings().first_run.is_none() && vm.exit().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let mem = rss_kib(&guest_ranges);
+        vm.stop();
+        report(&a, &vm, t_main, mono_main, mem);
+    } else if let Some(secs) = a.timeout {
         let deadline = Instant::now() + Duration::from_secs_f64(secs);
         while vm.exit().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -199,12 +230,12 @@ fn main() {
         // Measure before the threads are joined and memory is released.
         let mem = rss_kib(&guest_ranges);
         vm.stop();
-        report(&a, &vm, t_main, mem);
+        report(&a, &vm, t_main, mono_main, mem);
     } else {
         let exit = vm.wait();
         let mem = rss_kib(&guest_ranges);
         let _ = exit;
-        report(&a, &vm, t_main, mem);
+        report(&a, &vm, t_main, mono_main, mem);
     }
 }
 
@@ -212,6 +243,7 @@ fn report(
     a: &Args,
     vm: &sandbox::vm::machine::RunningMachine,
     t_main: Instant,
+    mono_main: u64,
     mem: Option<(u64, u64)>,
 ) {
     let exit = vm.exit().unwrap_or(VmExit::Stopped);
@@ -238,9 +270,72 @@ fn report(
             );
         }
     }
+    if a.timing && a.stop_after_first_run {
+        bench_line(vm, t_main, mono_main, mem);
+    }
+    if a.stop_after_first_run && vm.timings().first_run.is_some() {
+        std::process::exit(0)
+    }
     std::process::exit(match exit {
         VmExit::Reset => 0,
         VmExit::Panic(_) => 1,
         _ => 2,
     })
+}
+
+/// The `vm-boot: bench` line: the phases and totals in µs, memory in KiB.
+fn bench_line(
+    vm: &sandbox::vm::machine::RunningMachine,
+    t_main: Instant,
+    mono_main: u64,
+    mem: Option<(u64, u64)>,
+) {
+    let t = vm.timings();
+    let us = |d: Duration| d.as_micros();
+    let Some(total) = t.total else {
+        println!("vm-boot: bench no-first-run");
+        return;
+    };
+    let to_new = vm.created_at() - t_main;
+    let main_to_first = to_new + total;
+    let mut line = format!(
+        "vm-boot: bench main_to_new_us={} create_vm_us={} memory_us={} memory_register_us={} \
+         irqchip_us={} load_kernel_us={} cpuid_us={} load_phase_us={} serial_us={} devices_us={} \
+         boot_data_us={} vcpus_us={} first_run_us={} new_to_first_run_us={} \
+         main_to_first_run_us={}",
+        us(to_new),
+        us(t.create_vm),
+        us(t.memory),
+        us(t.memory_register),
+        us(t.irqchip),
+        us(t.load_kernel),
+        us(t.cpuid),
+        us(t.load_phase),
+        us(t.serial),
+        us(t.devices),
+        us(t.boot_data),
+        us(t.vcpus),
+        t.first_run.map_or(0, us),
+        us(total),
+        us(main_to_first),
+    );
+    let t0 = std::env::var("VM_BOOT_T0_NS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|t0| *t0 <= mono_main);
+    if let Some(t0) = t0 {
+        let exec_to_main = Duration::from_nanos(mono_main - t0);
+        line += &format!(
+            " exec_to_main_us={} exec_to_first_run_us={}",
+            us(exec_to_main),
+            us(exec_to_main + main_to_first)
+        );
+    }
+    if let Some((total, guest)) = mem {
+        line += &format!(
+            " rss_kib={total} guest_kib={guest} vmm_kib={}",
+            total.saturating_sub(guest)
+        );
+    }
+    println!("{line}");
 }

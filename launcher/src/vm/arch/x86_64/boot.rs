@@ -1,11 +1,14 @@
 //! Loading the kernel and writing what the 64-bit Linux boot protocol
 //! reads: the zero page (`boot_params`, with the e820 map, the command
-//! line pointer and the initramfs location), the command line, the
-//! initramfs, and the MP table.
+//! line pointer, the initramfs location and the `setup_data` list), the
+//! command line, the initramfs, the MP table, and a `SETUP_RNG_SEED`
+//! entry of 32 bytes from the host's `getrandom` (our kernel credits it,
+//! so the guest's RNG is ready from the start).
 //!
-//! A vmlinux ELF is loaded at its physical addresses and entered at its
-//! ELF entry (`startup_64`, the 64-bit boot protocol; no decompressor,
-//! so no KASLR). A bzImage's protected-mode part is loaded at
+//! A vmlinux ELF is loaded at its physical addresses (mapped from the
+//! file where it can be, see `elf`) and entered at its ELF entry
+//! (`startup_64`, the 64-bit boot protocol; no decompressor, so no
+//! KASLR). A bzImage's protected-mode part is loaded at
 //! `code32_start` and entered at its 64-bit entry (`+0x200`), which the
 //! image must announce (`XLF_KERNEL_64`).
 
@@ -13,9 +16,10 @@ use std::fs::File;
 use std::path::Path;
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
+use linux_loader::loader::{bzimage::BzImage, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::elf::{self, ElfError};
 use super::layout::*;
 use super::mptable;
 use crate::vm::kernel::Format;
@@ -31,6 +35,10 @@ const LOADER_UNDEFINED: u8 = 0xff;
 /// `xloadflags`: the image has a 64-bit entry at +0x200.
 const XLF_KERNEL_64: u16 = 1;
 const BZIMAGE_64BIT_ENTRY: u64 = 0x200;
+/// `setup_data` type of a seed for the guest's RNG.
+const SETUP_RNG_SEED: u32 = 9;
+/// Bytes of seed.
+pub const RNG_SEED_LEN: usize = 32;
 /// Default `initrd_addr_max` for an image that does not give one.
 const INITRD_ADDR_MAX_DEFAULT: u64 = 0x37ff_ffff;
 
@@ -40,6 +48,8 @@ pub enum BootError {
     Open { path: String, reason: String },
     #[error("cannot load the kernel {path}: {reason}")]
     Load { path: String, reason: String },
+    #[error("cannot load the kernel {path}: {err}")]
+    Elf { path: String, err: ElfError },
     #[error("the bzImage {0} has no 64-bit entry point (xloadflags lacks XLF_KERNEL_64); use a 64-bit kernel")]
     Not64Bit(String),
     #[error(
@@ -57,6 +67,8 @@ pub enum BootError {
         kernel_end: u64,
         limit: u64,
     },
+    #[error("cannot get {RNG_SEED_LEN} random bytes for the guest's RNG seed: {0}")]
+    Random(String),
     #[error(transparent)]
     MpTable(#[from] mptable::MpTableError),
     #[error("cannot write {what} to guest memory at {addr:#x}: {reason}")]
@@ -74,6 +86,8 @@ pub struct LoadedKernel {
     pub kernel_end: u64,
     /// The bzImage's setup header (none for vmlinux).
     pub setup_header: Option<setup_header>,
+    /// Bytes of the image mapped from the file rather than copied.
+    pub mapped: u64,
 }
 
 fn write(mem: &Mem, what: &'static str, addr: u64, bytes: &[u8]) -> Result<(), BootError> {
@@ -85,7 +99,8 @@ fn write(mem: &Mem, what: &'static str, addr: u64, bytes: &[u8]) -> Result<(), B
         })
 }
 
-/// Load the kernel image into guest memory.
+/// Load the kernel image into guest memory, which must be fresh (a
+/// vmlinux's `.bss` is not cleared, it is still zero).
 pub fn load_kernel(mem: &Mem, path: &Path, format: Format) -> Result<LoadedKernel, BootError> {
     let shown = || path.display().to_string();
     let mut file = File::open(path).map_err(|e| BootError::Open {
@@ -98,12 +113,17 @@ pub fn load_kernel(mem: &Mem, path: &Path, format: Format) -> Result<LoadedKerne
     };
     match format {
         Format::Elf => {
-            let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
-                .map_err(load_err)?;
+            let elf_err = |err| BootError::Elf { path: shown(), err };
+            let meta = file
+                .metadata()
+                .map_err(|e| elf_err(ElfError::Read(e.to_string())))?;
+            let image = elf::parse(&file, meta.len(), mem, HIMEM_START).map_err(elf_err)?;
+            let l = elf::load(mem, &mut file, &image, elf::may_map(&meta)).map_err(elf_err)?;
             Ok(LoadedKernel {
-                entry: r.kernel_load.0,
-                kernel_end: r.kernel_end,
+                entry: l.entry,
+                kernel_end: l.end,
                 setup_header: None,
+                mapped: l.mapped,
             })
         }
         Format::BzImage => {
@@ -121,6 +141,7 @@ pub fn load_kernel(mem: &Mem, path: &Path, format: Format) -> Result<LoadedKerne
                 entry: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY,
                 kernel_end: r.kernel_end,
                 setup_header: Some(hdr),
+                mapped: 0,
             })
         }
     }
@@ -169,12 +190,44 @@ pub fn initrd_addr(
     Ok(addr)
 }
 
-/// The zero page.
+/// `RNG_SEED_LEN` bytes from the host's `getrandom`.
+pub fn rng_seed() -> Result<[u8; RNG_SEED_LEN], BootError> {
+    let mut seed = [0u8; RNG_SEED_LEN];
+    let mut got = 0;
+    while got < seed.len() {
+        let rest = &mut seed[got..];
+        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(BootError::Random(e.to_string()));
+        }
+        got += n as usize;
+    }
+    Ok(seed)
+}
+
+/// A `setup_data` entry (`next`, `type`, `len`, data), last of its list.
+pub fn setup_data(kind: u32, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + data.len());
+    v.extend_from_slice(&0u64.to_le_bytes());
+    v.extend_from_slice(&kind.to_le_bytes());
+    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// The zero page; `setup_data` is the guest address of the list's first
+/// entry (0: none).
 pub fn boot_params(
     kernel: &LoadedKernel,
     mem_size: u64,
     cmdline_len: usize,
     initrd: Option<(u64, u64)>,
+    setup_data: u64,
 ) -> boot_params {
     let mut p = boot_params::default();
     if let Some(h) = kernel.setup_header {
@@ -187,6 +240,7 @@ pub fn boot_params(
     p.hdr.type_of_loader = LOADER_UNDEFINED;
     p.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
     p.hdr.cmdline_size = cmdline_len as u32;
+    p.hdr.setup_data = setup_data;
     if let Some((addr, size)) = initrd {
         p.hdr.ramdisk_image = addr as u32;
         p.hdr.ramdisk_size = size as u32;
@@ -232,8 +286,8 @@ pub fn write_mptable(mem: &Mem, cpus: u8) -> Result<(), BootError> {
     write(mem, "the MP table", MPTABLE_START, &mp)
 }
 
-/// Write the command line and the zero page pointing at it and at the
-/// initramfs.
+/// Write the command line, a fresh RNG seed, and the zero page pointing
+/// at them and at the initramfs.
 pub fn write_cmdline_and_zero_page(
     mem: &Mem,
     kernel: &LoadedKernel,
@@ -252,7 +306,9 @@ pub fn write_cmdline_and_zero_page(
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
     write(mem, "the command line", CMDLINE_ADDR, &bytes)?;
-    let params = boot_params(kernel, mem_size, cmdline.len(), initrd);
+    let seed = setup_data(SETUP_RNG_SEED, &rng_seed()?);
+    write(mem, "the RNG seed", SETUP_DATA_ADDR, &seed)?;
+    let params = boot_params(kernel, mem_size, cmdline.len(), initrd, SETUP_DATA_ADDR);
     mem.write_obj(params, GuestAddress(ZERO_PAGE))
         .map_err(|e| BootError::Write {
             what: "the zero page",
@@ -310,8 +366,9 @@ mod tests {
             entry: 0x100_0000,
             kernel_end: 0x300_0000,
             setup_header: None,
+            mapped: 0,
         };
-        let p = boot_params(&k, 256 * MIB, 42, Some((0x0ff0_0000, 0x1234)));
+        let p = boot_params(&k, 256 * MIB, 42, Some((0x0ff0_0000, 0x1234)), 0x20800);
         let h = p.hdr;
         assert_eq!({ h.boot_flag }, 0xaa55);
         assert_eq!({ h.header }, 0x5372_6448);
@@ -320,6 +377,7 @@ mod tests {
         assert_eq!({ h.cmdline_size }, 42);
         assert_eq!({ h.ramdisk_image }, 0x0ff0_0000);
         assert_eq!({ h.ramdisk_size }, 0x1234);
+        assert_eq!({ h.setup_data }, 0x20800);
         assert_eq!(p.e820_entries, 4);
         let e = p.e820_table[2];
         assert_eq!(
@@ -350,6 +408,7 @@ mod tests {
             entry: 0x100_0000,
             kernel_end: 0x200_0000,
             setup_header: None,
+            mapped: 0,
         };
         write_boot_data(&mem, &k, 64 * MIB, "console=ttyS0", b"cpio!", 2).unwrap();
         let mut buf = [0u8; 14];
@@ -370,6 +429,24 @@ mod tests {
             mptable::parse(&mp, MPTABLE_START).unwrap().cpu_apic_ids,
             vec![0, 1]
         );
+        // The RNG seed: linked from the zero page, type 9, 32 bytes, fresh
+        // for each boot.
+        let seed_of = |mem: &Mem| {
+            let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE)).unwrap();
+            let at = { p.hdr.setup_data };
+            assert_eq!(at, SETUP_DATA_ADDR);
+            assert!(at >= CMDLINE_ADDR + CMDLINE_MAX as u64 && at + 48 <= MPTABLE_START);
+            let mut e = [0u8; 48];
+            mem.read_slice(&mut e, GuestAddress(at)).unwrap();
+            assert_eq!(u64::from_le_bytes(e[..8].try_into().unwrap()), 0, "next");
+            assert_eq!(u32::from_le_bytes(e[8..12].try_into().unwrap()), 9, "type");
+            assert_eq!(u32::from_le_bytes(e[12..16].try_into().unwrap()), 32, "len");
+            e[16..].to_vec()
+        };
+        let first = seed_of(&mem);
+        assert_ne!(first, vec![0u8; 32]);
+        write_boot_data(&mem, &k, 64 * MIB, "console=ttyS0", b"cpio!", 2).unwrap();
+        assert_ne!(seed_of(&mem), first);
         let long = "x".repeat(CMDLINE_MAX);
         assert!(matches!(
             write_boot_data(&mem, &k, 64 * MIB, &long, b"", 1),

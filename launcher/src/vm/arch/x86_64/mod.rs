@@ -13,6 +13,7 @@
 pub mod boot;
 pub mod cpu;
 pub mod cpuid;
+pub mod elf;
 pub mod mptable;
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
@@ -36,6 +37,8 @@ pub mod layout {
     pub const CMDLINE_ADDR: u64 = 0x20000;
     /// `COMMAND_LINE_SIZE` of x86 Linux, the terminating NUL included.
     pub const CMDLINE_MAX: usize = 2048;
+    /// The `setup_data` list (the RNG seed), right after the command line.
+    pub const SETUP_DATA_ADDR: u64 = CMDLINE_ADDR + CMDLINE_MAX as u64;
     /// The MP table, in the last KiB of base memory (where the kernel
     /// scans for the floating pointer), reserved up to 1 MiB.
     pub const MPTABLE_START: u64 = 0x9fc00;
