@@ -226,7 +226,11 @@ pub fn checks() -> Vec<Check> {
     let guest_kernel = crate::vm::kernel::find(None);
     out.push(Check {
         feature: "guest kernel (--vm)",
-        status: if guest_kernel.is_ok() { "ok" } else { "missing" },
+        status: if guest_kernel.is_ok() {
+            "ok"
+        } else {
+            "missing"
+        },
         detail: match &guest_kernel {
             Ok(k) => k.path.display().to_string(),
             Err(e) => e.to_string(),

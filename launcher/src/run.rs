@@ -96,11 +96,16 @@ pub fn run(args: &RunArgs) -> i32 {
                 "sandbox: out of memory: the sandbox exceeded its memory limit ({limit} bytes) \
                  and was killed"
             );
-        } else if o.timed_out && o.status.is_err() {
-            eprintln!(
-                "sandbox: timed out; the command ignored SIGTERM and was killed after the grace \
-                 period (--kill-after)"
-            );
+        } else if let (true, Err(reason)) = (o.timed_out, &o.status) {
+            if reason.starts_with("timed out") {
+                // The VM backend: the guest had not reached the command.
+                eprintln!("sandbox: {reason}");
+            } else {
+                eprintln!(
+                    "sandbox: timed out; the command ignored SIGTERM and was killed after the \
+                     grace period (--kill-after)"
+                );
+            }
         } else if o.timed_out {
             eprintln!("sandbox: timed out; the command was stopped with SIGTERM");
         }
