@@ -1694,7 +1694,12 @@ pub fn run_lab_checks(lab_args: &[&str], append: &str, script: &str, args: &[Str
     let root = workspace_root();
     let out = Command::new(root.join("tests/lab/lab.sh"))
         .args(lab_args)
-        .args(["--timeout", "600", "--", "/bin/sh"])
+        .args(if lab_args.contains(&"--timeout") {
+            &[][..]
+        } else {
+            &["--timeout", "600"][..]
+        })
+        .args(["--", "/bin/sh"])
         .arg(root.join("tests/tests/lab").join(script))
         .args(args)
         .env("LAB_APPEND", append)

@@ -66,7 +66,10 @@ pub fn run(args: &RunArgs) -> i32 {
         .map_or(0.0, |d| d.as_secs_f64());
     let caller = Caller::current();
     let mut spec_out = None;
-    let mut ctx = RunCtx::default();
+    let mut ctx = RunCtx {
+        t0: Some(t0),
+        ..RunCtx::default()
+    };
     let result = run_inner(args, &caller, &mut spec_out, &mut ctx);
 
     let (code, status, timed_out) = match &result {
@@ -156,6 +159,8 @@ struct RunCtx {
     guest_failed: bool,
     /// The micro-VM's shape and boot times, for the receipt.
     vm_info: Option<Value>,
+    /// When `run` started.
+    t0: Option<Instant>,
 }
 
 fn outcome_code(o: &Outcome) -> (i32, Value, bool) {
@@ -249,7 +254,10 @@ fn run_inner(
 /// The micro-VM backend: everything runs in this process (vCPU and device
 /// threads), so its CPU time is ours.
 fn run_vm(spec: &Spec, sigfd: &OwnedFd, ctx: &mut RunCtx) -> Result<Outcome, RunError> {
-    let mut report = crate::vm::launch::VmReport::default();
+    let mut report = crate::vm::launch::VmReport {
+        launcher_t0: ctx.t0,
+        ..Default::default()
+    };
     let before = self_rusage();
     // The pty is inside the guest; the caller's terminal is raw meanwhile
     // (restored when the guard drops, on every path).
@@ -269,6 +277,25 @@ fn run_vm(spec: &Spec, sigfd: &OwnedFd, ctx: &mut RunCtx) -> Result<Outcome, Run
         "boot": "cold",
         "init_ready_ms": report.boot_ms.map(|m| (m * 1000.0).round() / 1000.0),
         "command_started_ms": report.started_ms.map(|m| (m * 1000.0).round() / 1000.0),
+        "first_kvm_run_ms": report.first_kvm_run_ms.map(|m| (m * 1000.0).round() / 1000.0),
+        "machine_phases_us": report.timings.map(|t| {
+            let us = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round();
+            json!({
+                "create_vm": us(t.create_vm),
+                "memory": us(t.memory),
+                "memory_register": us(t.memory_register),
+                "irqchip": us(t.irqchip),
+                "load_kernel": us(t.load_kernel),
+                "load_phase": us(t.load_phase),
+                "cpuid": us(t.cpuid),
+                "serial": us(t.serial),
+                "devices": us(t.devices),
+                "boot_data": us(t.boot_data),
+                "vcpus": us(t.vcpus),
+                "first_run": t.first_run.map(us),
+                "total": t.total.map(us),
+            })
+        }),
     }));
     ctx.cgroup_info = Some(json!({
         "cpu_time_ms": (((after.0 - before.0) * 1000.0).round() / 1000.0),

@@ -25,5 +25,11 @@ fn vm_backend_end_to_end_in_the_lab() {
         Err(e) => skip!("{e}"),
     };
     let sandbox = bins_for_others().sandbox.display().to_string();
-    run_lab_checks(&["--kvm"], "", "vm-e2e.sh", &[sandbox, uid.to_string()]);
+    // About fifty nested VM boots, each a few seconds under TCG.
+    run_lab_checks(
+        &["--kvm", "--timeout", "2400"],
+        "",
+        "vm-e2e.sh",
+        &[sandbox, uid.to_string()],
+    );
 }

@@ -131,6 +131,32 @@ sleep 0.5
 left=$(ps -eo pid,args | grep -v grep | grep -c 'sandbox run --vm')
 [ "$left" -eq 0 ] && check sigkill-leaves-nothing ok || check sigkill-leaves-nothing "$left processes"
 
+# The escape suite of the namespace backend, inside the VM, for every
+# shipped profile: host loopback and abstract-socket targets are the lab's.
+CASES=$(cd "$(dirname "$0")/../escape" && pwd)/cases.py
+PROFILES=$(cd "$(dirname "$0")/../../../profiles" && ls *.toml | sed 's/\.toml$//')
+/usr/bin/python3 -c '
+import socket, sys, time
+t = socket.socket(); t.bind(("127.0.0.1", 0)); t.listen(8)
+a = socket.socket(socket.AF_UNIX); a.bind("\0sandbox-vm-escape"); a.listen(8)
+print(t.getsockname()[1], flush=True)
+time.sleep(600)' >port.txt &
+lpid=$!
+i=0; while [ $i -lt 50 ] && [ ! -s port.txt ]; do sleep 0.1; i=$((i+1)); done
+port=$(cat port.txt)
+for p in $PROFILES; do
+	out=$($V -p "$p" -- /usr/bin/python3 "$CASES" "$port" sandbox-vm-escape 2>&1)
+	n=$(printf '%s\n' "$out" | grep -c '^CASE ')
+	held=$(printf '%s\n' "$out" | grep -c '^CASE .* HELD$')
+	echo "escape suite in the VM [profile $p]: $held/$n cases held"
+	[ "$n" -ge 50 ] && [ "$held" -eq "$n" ] && check "escape-suite-$p" ok || check "escape-suite-$p" "$(printf '%s\n' "$out" | grep '^CASE' | grep -v 'HELD$' | head -5) ($held/$n)"
+done
+kill $lpid 2>/dev/null
+
+# Landlock and seccomp are applied inside the guest too.
+$V --receipt ll.json -- true >/dev/null 2>&1
+grep -q '"abi"' ll.json && check landlock-in-guest ok || check landlock-in-guest "$(grep -A3 landlock ll.json)"
+
 # Several VMs at once do not collide.
 for i in 1 2 3 4; do $V -- sh -c "echo vm-$i" >"c$i.txt" 2>&1 & done
 wait
