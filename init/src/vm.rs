@@ -61,9 +61,11 @@ use crate::sys::{self, Errno};
 /// the last message, before it reboots anyway.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// How long init retries connecting to the host (the VMM's vsock device
-/// answers at once; this only covers a host that starts listening late).
-const CONNECT_FOR: Duration = Duration::from_secs(3);
+/// How long init waits for the host to accept a vsock connection (the
+/// socket's connect timeout, and the deadline of retries for a host that
+/// starts listening late). A loaded host under nested virtualization can
+/// take seconds; the launcher's `--timeout` bounds the whole run anyway.
+const CONNECT_FOR: Duration = Duration::from_secs(30);
 
 /// The fd of the kernel log (or the console) for [`log`], -1 when none.
 static LOG_FD: AtomicI32 = AtomicI32::new(-1);
@@ -241,12 +243,33 @@ fn connect(port: u32) -> Result<OwnedFd, Errno> {
     }
 }
 
+/// `SO_VM_SOCKETS_CONNECT_TIMEOUT` (the `struct timeval` form; on 64-bit
+/// the old and new layouts are the same).
+const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
+
 fn connect_once(port: u32) -> Result<OwnedFd, Errno> {
     // SAFETY: plain socket(2).
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     let fd = sys::check(fd.into())? as RawFd;
     // SAFETY: a fresh descriptor owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // A busy host (or nested virtualization) may answer later than the
+    // kernel's default of 2 s; a retried connect would be refused, since
+    // the launcher takes one connection per port.
+    let timeout = libc::timeval {
+        tv_sec: CONNECT_FOR.as_secs() as _,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a valid timeval of the given size.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_CONNECT_TIMEOUT,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
     // SAFETY: zeroed sockaddr_vm is valid; fields set below.
     let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
     addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;

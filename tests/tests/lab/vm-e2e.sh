@@ -6,6 +6,7 @@
 # kernel. Prints "CHECK <name> ok" or "CHECK <name> FAIL ..." and DONE.
 S=$1
 U=$2
+HERE=$(cd "$(dirname "$0")" && pwd)
 check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $2"; fi; }
 V="$S run --vm"
 W=$(mktemp -d /tmp/vm-e2e.XXXXXX)
@@ -133,8 +134,8 @@ left=$(ps -eo pid,args | grep -v grep | grep -c 'sandbox run --vm')
 
 # The escape suite of the namespace backend, inside the VM, for every
 # shipped profile: host loopback and abstract-socket targets are the lab's.
-CASES=$(cd "$(dirname "$0")/../escape" && pwd)/cases.py
-PROFILES=$(cd "$(dirname "$0")/../../../profiles" && ls *.toml | sed 's/\.toml$//')
+CASES=$HERE/../escape/cases.py
+PROFILES=$(cd "$HERE/../../../profiles" && ls *.toml | sed 's/\.toml$//')
 /usr/bin/python3 -c '
 import socket, sys, time
 t = socket.socket(); t.bind(("127.0.0.1", 0)); t.listen(8)
