@@ -7,8 +7,16 @@
 S=$1
 U=$2
 HERE=$(cd "$(dirname "$0")" && pwd)
-check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $2"; fi; }
-V="$S run --vm"
+T0=$(date +%s)
+check() {
+	t=$(($(date +%s) - T0))
+	if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $2"; fi
+	echo "  (${t}s)" >&2
+}
+# Every run has a watchdog, so a hung run fails its own check instead of
+# the whole lab; VR is the bare launcher, for the signal tests.
+VR="$S run --vm"
+V="timeout -k 5 300 $S run --vm"
 W=$(mktemp -d /tmp/vm-e2e.XXXXXX)
 cd "$W" || exit 1
 
@@ -99,7 +107,7 @@ out=$($V --timeout 20 -- sleep 1000 2>&1); rc=$?
 [ $rc -eq 124 ] && check timeout-124 ok || check timeout-124 "rc=$rc $out"
 out=$($V --timeout 20 --kill-after 2 -- sh -c 'trap "" TERM; sleep 1000' 2>&1); rc=$?
 case "$rc:$out" in 124:*"killed after the grace period"*) check timeout-kill-after ok ;; *) check timeout-kill-after "rc=$rc $out" ;; esac
-$V -- sh -c "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done" >sig.txt 2>&1 &
+$VR -- sh -c "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done" >sig.txt 2>&1 &
 pid=$!
 i=0; while [ $i -lt 600 ] && ! grep -q ready sig.txt; do sleep 0.1; i=$((i+1)); done
 kill -TERM $pid; wait $pid; rc=$?
@@ -124,7 +132,7 @@ out=$($V --kernel /etc/passwd -- true 2>&1); rc=$?
 case "$rc:$out" in 125:*/etc/passwd*) check bad-kernel ok ;; *) check bad-kernel "rc=$rc $out" ;; esac
 
 # The launcher killed with SIGKILL: the VM is in its process, nothing stays.
-$V -- sleep 1000 >/dev/null 2>&1 &
+$VR -- sleep 1000 >/dev/null 2>&1 &
 pid=$!
 sleep 8
 kill -KILL $pid; wait $pid 2>/dev/null
