@@ -491,6 +491,33 @@ impl Cgroup {
         fs::File::open(dir).ok().map(OwnedFd::from)
     }
 
+    /// cgroup v1: the `tasks` file of every directory, opened for writing
+    /// (close-on-exec), for the clone child to move itself with `0`
+    /// (see `container::start`). `None` on v2, which has no such file.
+    ///
+    /// A task that writes `0` to `tasks` migrates itself as a single
+    /// thread, and the kernel then skips the threadgroup lock that a
+    /// `cgroup.procs` write of another task's pid takes for writing (an
+    /// RCU grace period per hierarchy). The write is checked against the
+    /// opener's credentials (Linux 5.16 and later), so the launcher's
+    /// root descriptor works in the child's user namespace.
+    pub fn v1_task_files(&self) -> Result<Option<Vec<OwnedFd>>, CgroupError> {
+        if self.layout != "v1" {
+            return Ok(None);
+        }
+        let mut fds = Vec::with_capacity(self.dirs.len());
+        for d in &self.dirs {
+            let p = d.join("tasks");
+            // std opens with O_CLOEXEC.
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .map_err(io_err(&p))?;
+            fds.push(OwnedFd::from(f));
+        }
+        Ok(Some(fds))
+    }
+
     /// Move `pid` (and so everything it will start) into the cgroup.
     pub fn add(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
         for d in &self.dirs {

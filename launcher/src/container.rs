@@ -8,11 +8,14 @@
 //!    byte;
 //! 3. the launcher writes the child's `setgroups`, `gid_map`, `uid_map`
 //!    (rootless: its own uid/gid as root of the namespace; as root: the
-//!    identity map), moves it into the sandbox cgroup when there is one
-//!    (init creates the cgroup namespace itself, once inside), then sends
-//!    the go byte;
-//! 4. the child moves the channel to fd 3, closes every other fd except
-//!    stdio and `execveat`s init with an empty environment;
+//!    identity map), calls the `place` hook (cgroup v1: the launcher opens
+//!    the `tasks` file of every hierarchy used; init creates the cgroup
+//!    namespace itself, once inside), then sends the go byte with those
+//!    descriptors attached (`SCM_RIGHTS`);
+//! 4. the child (which has already moved the channel to fd 3 and closed
+//!    every other fd except stdio and init) writes `0` to each `tasks`
+//!    descriptor, which moves it into the sandbox cgroup, closes them and
+//!    `execveat`s init with an empty environment;
 //! 5. init says `Hello`; the launcher sends `Start(InitSpec)`; init answers
 //!    `Started` (with the pty master) or a structured failure.
 
@@ -296,7 +299,9 @@ struct CloneArgs {
 /// left running.
 ///
 /// `place` runs after the id maps are written and before init may run: it
-/// puts init into the sandbox's cgroup (or does nothing).
+/// puts init into the sandbox's cgroup, or returns the cgroup v1 `tasks`
+/// files (opened for writing) into which the child moves itself before it
+/// executes init (at most [`GO_MAX_FDS`]), or does nothing.
 ///
 /// `prepared` are mounts the launcher made itself (idmapped volumes), as
 /// (index in `spec.mounts`, detached mount fd).
@@ -307,7 +312,7 @@ pub fn start(
     spec: &Spec,
     prepared: Vec<(usize, OwnedFd)>,
     into_cgroup: Option<RawFd>,
-    place: impl FnOnce(libc::pid_t) -> Result<(), StartError>,
+    place: impl FnOnce(libc::pid_t) -> Result<Vec<OwnedFd>, StartError>,
 ) -> Result<Running, StartError> {
     // SAFETY: no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -390,8 +395,16 @@ pub fn start(
         what: "cannot write the user namespace id maps",
         reason: crate::errors::io_reason(&e),
     })?;
-    place(init_pid)?;
-    sys::write_all(parent_end.as_raw_fd(), b"g").map_err(sys_err("control channel"))?;
+    let tasks = place(init_pid)?;
+    if tasks.len() > GO_MAX_FDS {
+        return Err(StartError::Sys {
+            what: PLACE_FAILED,
+            reason: format!("{} cgroup hierarchies, at most {GO_MAX_FDS}", tasks.len()),
+        });
+    }
+    let raw: Vec<RawFd> = tasks.iter().map(AsRawFd::as_raw_fd).collect();
+    send_go(parent_end.as_raw_fd(), &raw).map_err(sys_err("control channel"))?;
+    drop(tasks);
     let mut chan = Channel::new(parent_end);
 
     match chan.recv() {
@@ -405,6 +418,14 @@ pub fn start(
                 .take()
                 .ok_or(StartError::Protocol("no pidfd".into()))?;
             let status = sys::wait_pidfd(&fd).unwrap_or(0);
+            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == EXIT_PLACE_FAILED {
+                return Err(StartError::Sys {
+                    what: PLACE_FAILED,
+                    reason: "the sandbox's first process could not write to the `tasks` file \
+                             of a cgroup v1 hierarchy"
+                        .into(),
+                });
+            }
             let reason = if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
                 errno_text(libc::WEXITSTATUS(status))
             } else {
@@ -475,7 +496,29 @@ fn write_outer_maps(pid: libc::pid_t, uid: u32, gid: u32) -> io::Result<()> {
     std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)
 }
 
-/// The clone child: wait for the maps, then become `sandbox-init`.
+/// The error of a sandbox that could not be placed in its cgroup.
+pub const PLACE_FAILED: &str = "cannot move the sandbox into its cgroup";
+
+/// The clone child's exit status when it cannot move itself into its
+/// cgroup (any other status is the errno of a failed step; errnos are
+/// below 134).
+const EXIT_PLACE_FAILED: i32 = 250;
+
+/// Most `tasks` descriptors the go byte may carry (the child's control
+/// buffer has room for them).
+pub const GO_MAX_FDS: usize = 16;
+
+/// Send the go byte, with `fds` attached when there are any.
+fn send_go(sock: RawFd, fds: &[RawFd]) -> io::Result<()> {
+    if fds.is_empty() {
+        return sys::write_all(sock, b"g");
+    }
+    let sent = sys::send_with_fds(sock, b"g", fds)?;
+    sys::write_all(sock, &b"g"[sent..])
+}
+
+/// The clone child: wait for the maps (and, on cgroup v1, move itself into
+/// its cgroup), then become `sandbox-init`.
 fn child_exec(
     ctrl: RawFd,
     init_fd: RawFd,
@@ -483,7 +526,10 @@ fn child_exec(
     envp: &[*const libc::c_char; 1],
 ) -> ! {
     // SAFETY: (whole block) only async-signal-safe system calls on fds
-    // and pointers that are valid in this copy of the parent's memory.
+    // and pointers that are valid in this copy of the parent's memory
+    // (`msg` points at `b` and `cbuf` on this stack); the CMSG macros are
+    // arithmetic that stays within the control data the kernel wrote into
+    // `cbuf`, and every descriptor received is closed here.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         // First keep only stdio, the channel (fd 3) and init (fd 4): the
@@ -503,9 +549,49 @@ fn child_exec(
         // Leave the caller's process group: terminal signals (^C, window
         // changes) reach the launcher alone, which forwards them once.
         libc::setpgid(0, 0);
+        // The go byte, with the `tasks` files of a v1 cgroup attached.
         let mut b = 0u8;
-        if libc::read(3, (&mut b as *mut u8).cast(), 1) != 1 {
+        let mut iov = libc::iovec {
+            iov_base: (&mut b as *mut u8).cast(),
+            iov_len: 1,
+        };
+        // Room for GO_MAX_FDS descriptors (16-byte header + 4 bytes each).
+        let mut cbuf = [0u64; 16];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+        let mut n = libc::recvmsg(3, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        while n < 0 && *libc::__errno_location() == libc::EINTR {
+            n = libc::recvmsg(3, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        }
+        if n != 1 {
             libc::_exit(libc::EPIPE);
+        }
+        // Writing "0" to a v1 `tasks` file moves the writing thread, this
+        // whole single-threaded process, without the kernel's threadgroup
+        // lock (see `Cgroup::v1_task_files`).
+        let mut failed = msg.msg_flags & libc::MSG_CTRUNC != 0;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                for k in 0..len / std::mem::size_of::<libc::c_int>() {
+                    let fd = std::ptr::read_unaligned(data.add(k));
+                    let mut w = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    while w < 0 && *libc::__errno_location() == libc::EINTR {
+                        w = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    }
+                    failed |= w != 1;
+                    libc::close(fd);
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        if failed {
+            libc::_exit(EXIT_PLACE_FAILED);
         }
         libc::syscall(
             libc::SYS_execveat,

@@ -421,7 +421,8 @@ fn dynamic_user(
 
 /// cgroup v1 (or no limits): the cgroup is made on a helper thread while
 /// the namespaces are created (both take about a millisecond here), and
-/// init is moved into it before it may run anything.
+/// init moves itself into it (through the `tasks` files opened here and
+/// sent with the go byte) before it may run anything.
 fn start_v1_overlapped(
     spec: &Spec,
     prepared: Prepared,
@@ -436,7 +437,7 @@ fn start_v1_overlapped(
     let mut cgroup_err: Option<CgroupError> = None;
     let started = container::start(spec, prepared, None, |pid| {
         let Some(handle) = maker.take() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let made = handle.join().unwrap_or_else(|_| {
             Err(CgroupError::Io {
@@ -446,16 +447,22 @@ fn start_v1_overlapped(
         });
         match made {
             Ok(cg) => {
-                let placed = cg.add(pid);
+                // v1: the child moves itself, through the `tasks` files
+                // opened here (cheaper than migrating it from outside).
+                let placed = match cg.v1_task_files() {
+                    Ok(Some(tasks)) => Ok(tasks),
+                    Ok(None) => cg.add(pid).map(|()| Vec::new()),
+                    Err(e) => Err(e),
+                };
                 *cgroup = Some(cg);
                 placed.map_err(|e| StartError::Sys {
-                    what: "cannot move the sandbox into its cgroup",
+                    what: container::PLACE_FAILED,
                     reason: e.to_string(),
                 })
             }
             Err(e) if best_effort_ok(&e) => {
                 *degraded = Some(e);
-                Ok(())
+                Ok(Vec::new())
             }
             Err(e) => {
                 cgroup_err = Some(e);
@@ -514,7 +521,7 @@ fn start_with_cgroup(spec: &Spec, prepared: Prepared) -> Result<Started, RunErro
             None => None,
         };
         container::start(spec, prepared, dir.as_ref().map(AsRawFd::as_raw_fd), |_| {
-            Ok(())
+            Ok(Vec::new())
         })
     } else {
         start_v1_overlapped(spec, prepared, &mut cgroup, &mut degraded, best_effort_ok)?
