@@ -228,8 +228,8 @@ big_mib=$((big_bytes / 1048576))
 
 # --- 4. VMM memory beside guest RAM --------------------------------------
 note "4/4 memory"
-# Rss of the whole process (smaps_rollup) minus the Rss of the largest
-# anonymous mapping (the guest RAM), sampled while the guest sleeps.
+# Rss of the whole process (smaps_rollup) minus the Rss of the guest RAM
+# mapping, sampled once a second while the guest sleeps (the peak kept).
 mem_of() { # mem_of PID -> "total_kib guest_kib guest_size_kib"
 	# The guest RAM: of the anonymous mappings at least as large as the
 	# guest, the one with the most resident pages (QEMU also reserves
@@ -256,19 +256,33 @@ wait_bounded() { # wait_bounded PID SECONDS NAME: never hang the benchmark
 	done
 	wait "$1" 2>/dev/null
 }
+# sample PID NAME: sample once a second until PID exits (at most 100 s);
+# keeps the sample with the largest total Rss in S_TOTAL S_GUEST S_SIZE.
+sample() {
+	local n=0 t g z
+	S_TOTAL='' S_GUEST='' S_SIZE=''
+	while kill -0 "$1" 2>/dev/null; do
+		read -r t g z <<<"$(mem_of "$1")"
+		if [ -n "$g" ] && [ "${t:-0}" -gt "${S_TOTAL:-0}" ]; then
+			S_TOTAL=$t S_GUEST=$g S_SIZE=$z
+		fi
+		n=$((n + 1))
+		[ "$n" -le 100 ] || break
+		sleep 1
+	done
+	wait_bounded "$1" 10 "$2"
+}
 "$SANDBOX" run --vm -- sleep 8 >/dev/null 2>&1 &
 opid=$!
 (sleep 90 && kill -9 "$opid") >/dev/null 2>&1 &
+sample "$opid" ours
+o_total=$S_TOTAL o_guest=$S_GUEST o_size=$S_SIZE
 qemu_cmd QEMU_SLEEP null "BENCH_SLEEP=8"
-sleep 5
-read -r o_total o_guest o_size <<<"$(mem_of "$opid")"
-wait_bounded "$opid" 100 ours
 "${QEMU_SLEEP[@]}" </dev/null >/dev/null 2>&1 &
 qpid=$!
 (sleep 90 && kill -9 "$qpid") >/dev/null 2>&1 &
-sleep 5
-read -r q_total q_guest q_size <<<"$(mem_of "$qpid")"
-wait_bounded "$qpid" 100 qemu
+sample "$qpid" qemu
+q_total=$S_TOTAL q_guest=$S_GUEST q_size=$S_SIZE
 o_vmm=$(awk -v a="${o_total:-}" -v b="${o_guest:-}" 'BEGIN { if (a == "" || b == "") print "n/a"; else printf "%.1f", (a - b) / 1024 }')
 q_vmm=$(awk -v a="${q_total:-}" -v b="${q_guest:-}" 'BEGIN { if (a == "" || b == "") print "n/a"; else printf "%.1f", (a - b) / 1024 }')
 echo "RAW mem ours total_kib=${o_total:-} guest_rss_kib=${o_guest:-} guest_map_kib=${o_size:-}"
