@@ -39,6 +39,8 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t";
 pub const MMIO_SLOT: u64 = 0x1000;
 /// Offset of `QueueNotify` in a virtio-mmio register block.
 const QUEUE_NOTIFY: u64 = 0x50;
+/// How long `stop` waits for the vCPU threads to leave `KVM_RUN`.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Slots end well below the I/O APIC.
 const MMIO_SLOTS_END: u64 = 0xe000_0000;
 
@@ -614,9 +616,23 @@ impl RunningMachine {
             return;
         }
         self.shared.request_stop();
-        for h in handles {
-            // A vCPU thread that panicked has nothing more to report.
-            let _ = h.join();
+        // Join what has stopped within a bounded time. A vCPU thread that
+        // does not come back (stuck in a device access) is left behind
+        // rather than hanging the launcher: it holds only shared references
+        // and ends with the process.
+        let deadline = Instant::now() + STOP_GRACE;
+        let mut pending = handles;
+        while !pending.is_empty() && Instant::now() < deadline {
+            let (done, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|h| h.is_finished());
+            for h in done {
+                // A vCPU thread that panicked has nothing more to report.
+                let _ = h.join();
+            }
+            pending = rest;
+            if !pending.is_empty() {
+                self.shared.request_stop();
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         {
             let mut exit = self.shared.exit.lock().unwrap_or_else(|e| e.into_inner());

@@ -286,6 +286,10 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
         ],
         DRAIN_TIMEOUT,
     );
+    // Done with the guest: closing the channel lets init reboot at once.
+    // SAFETY: shutdown of the channel's socket, which stays open (and owned
+    // by the channel) until the session is dropped.
+    unsafe { libc::shutdown(s.chan.raw_fd(), libc::SHUT_RDWR) };
     Ok(Outcome {
         status: exited.ok_or_else(|| "no status".to_string()),
         timed_out,

@@ -16,7 +16,7 @@ check() {
 # Every run has a watchdog, so a hung run fails its own check instead of
 # the whole lab; VR is the bare launcher, for the signal tests.
 VR="$S run --vm"
-V="timeout -k 5 300 $S run --vm"
+V="timeout --foreground -k 5 300 $S run --vm"
 W=$(mktemp -d /tmp/vm-e2e.XXXXXX)
 cd "$W" || exit 1
 
