@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use sandbox_proto::{vm as ports, InitSpec, Mount, RootSource, SysMode, UserSpec};
+use sandbox_proto::{vm as ports, InitSpec, Mount, RootSource, SysMode};
 
 use super::machine::{Console, Machine, MachineConfig};
 use super::virtio::mmio::MmioTransport;
@@ -153,20 +153,10 @@ fn check_supported(spec: &Spec) -> Result<Vec<&'static str>, VmError> {
 
 /// What init is told to do in the guest.
 fn guest_init_spec(spec: &Spec, shares: &[(String, usize)]) -> InitSpec {
-    // The spec as the namespace backend would have it, as root (init is
-    // root of the guest), then the VM differences.
+    // The spec as the namespace backend would have it for root (init is
+    // root of the guest: identity id maps, setgroups allowed), then the VM
+    // differences.
     let mut s = crate::container::init_spec(spec, 0, &[]);
-    let (u, g) = (spec.user.uid, spec.user.gid);
-    s.user = UserSpec {
-        uid: u,
-        gid: g,
-        groups: Vec::new(),
-        uid_map: "0 0 4294967295\n".into(),
-        gid_map: "0 0 4294967295\n".into(),
-        allow_setgroups: true,
-        init_ns_uid: u,
-        init_ns_gid: g,
-    };
     s.fs.root = RootSource::Share {
         tag: ports::ROOT_TAG.into(),
     };
