@@ -42,7 +42,8 @@ options:
   --console          print the guest's kernel console on stderr afterwards
   -h, --help         this text
 
-environment: LAB_CACHE_DIR (initramfs cache), LAB_KERNEL (a version from
+environment: LAB_LOCK (the lock file that lets one lab VM run at a time,
+default /tmp/sandbox-lab.lock; "none" to skip), LAB_CACHE_DIR (initramfs cache), LAB_KERNEL (a version from
 /lib/modules to boot instead of the newest non-running one), LAB_APPEND
 (extra kernel parameters, e.g. "loglevel=7" with --console),
 LAB_SELINUX_ROOT_CONTEXT (the single SELinux label of every file of the 9p
@@ -422,6 +423,18 @@ pdeath_term=() pdeath_kill=()
 if setpriv --help 2>/dev/null | grep -q -- --pdeathsig; then
 	pdeath_term=(setpriv --pdeathsig TERM --)
 	pdeath_kill=(setpriv --pdeathsig KILL --)
+fi
+# One lab VM at a time on this machine: under TCG each lab wants every core,
+# and two of them at once (nextest runs test binaries in parallel) slow each
+# other down past their timeouts. The wait does not count against --timeout.
+# LAB_LOCK=none skips it.
+lab_lock=${LAB_LOCK:-/tmp/sandbox-lab.lock}
+if [ "$lab_lock" != none ]; then
+	exec {labfd}>>"$lab_lock"
+	if ! flock -n "$labfd"; then
+		echo "lab: waiting for another lab VM to finish ($lab_lock)" >&2
+		flock "$labfd"
+	fi
 fi
 "${pdeath_term[@]}" timeout --kill-after=5 "$opt_timeout" "${pdeath_kill[@]}" "${qemu[@]}" \
 	</dev/null >"$tmp/qemu.log" 2>&1 &
