@@ -92,11 +92,13 @@ fn run(backend: Backend, early: Option<StepError>) -> i32 {
         Recv::Msg(_) | Recv::Bad => return EXIT_PROTOCOL,
     };
 
+    vm::trace("start received");
     let prepared = rx.take_fds().into_iter().map(Some).collect();
     if let Err(e) = setup::build_root(&spec, prepared, backend) {
         let _ = chan::send(&InitMsg::SetupFailed(e.into_proto()), None);
         return EXIT_SETUP_FAILED;
     }
+    vm::trace("root built");
     let mut child = match command::spawn(&spec) {
         Ok(c) => c,
         Err(command::SpawnError::Setup(e)) => {
@@ -119,6 +121,7 @@ fn run(backend: Backend, early: Option<StepError>) -> i32 {
             return EXIT_SETUP_FAILED;
         }
     };
+    vm::trace("command spawned");
     let mut master = child.master.take();
     let pty = master.is_some();
     // Labelled runs, and a terminal in a VM (the master cannot cross
@@ -255,6 +258,7 @@ fn supervise(
                 let sig = si.ssi_signo as i32;
                 if sig == libc::SIGCHLD {
                     if let Some(status) = reap(pid) {
+                        vm::trace("command reaped");
                         kill_all();
                         if let Some(r) = relay.as_mut() {
                             r.drain();

@@ -87,6 +87,21 @@ pub fn log(msg: &str) {
     }
 }
 
+/// A milestone in the kernel log at debug level (kept out of the console
+/// by `quiet`, readable with `dmesg`), when the kernel command line set
+/// `SANDBOX_INIT_TRACE=1` (the kernel passes it to init's environment;
+/// `SANDBOX_VM_CMDLINE` adds it, docs/vm.md). For boot-time profiling.
+pub fn trace(what: &str) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("SANDBOX_INIT_TRACE").is_some_and(|v| v == "1")) {
+        let fd = LOG_FD.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let line = format!("<7>sandbox-init: trace {what}\n");
+            let _ = sys::write_all(fd, line.as_bytes());
+        }
+    }
+}
+
 fn set_log_fd(fd: OwnedFd) {
     let old = LOG_FD.swap(std::os::fd::IntoRawFd::into_raw_fd(fd), Ordering::Relaxed);
     if old >= 0 {
@@ -108,8 +123,10 @@ pub fn boot() -> Option<StepError> {
         set_log_fd(unsafe { OwnedFd::from_raw_fd(console) });
     }
     std::panic::set_hook(Box::new(|info| log(&format!("panic: {info}"))));
+    trace("init started");
 
     let mounted = switch_root();
+    trace("root switched");
     if mounted.is_ok() {
         if let Ok(kmsg) = sys::open(c"/dev/kmsg", libc::O_WRONLY) {
             // Moved above the standard numbers: fd 3 is the control
@@ -122,6 +139,7 @@ pub fn boot() -> Option<StepError> {
             }
         }
     }
+    trace("kmsg open");
     if let Err(e) = connect_onto(CONTROL_PORT, chan::CTRL_FD, None) {
         log(&format!(
             "cannot connect the control channel (vsock CID {HOST_CID} port {CONTROL_PORT}): \
@@ -141,6 +159,7 @@ pub fn boot() -> Option<StepError> {
                 .detail("cannot connect the command's stdio stream to the host")
         })
     });
+    trace("vsock connected");
     mounted.err().or(stdio.err())
 }
 
@@ -298,7 +317,9 @@ pub fn shutdown(code: i32) -> ! {
     if code != 0 {
         log(&format!("init ends with status {code}; rebooting"));
     }
+    trace("shutting down");
     wait_closed(chan::CTRL_FD, CLOSE_WAIT);
+    trace("channel closed; rebooting");
     reboot()
 }
 

@@ -277,6 +277,9 @@ fn run_vm(spec: &Spec, sigfd: &OwnedFd, ctx: &mut RunCtx) -> Result<Outcome, Run
         "boot": "cold",
         "init_ready_ms": report.boot_ms.map(|m| (m * 1000.0).round() / 1000.0),
         "command_started_ms": report.started_ms.map(|m| (m * 1000.0).round() / 1000.0),
+        "command_exited_ms": report.exited_ms.map(|m| (m * 1000.0).round() / 1000.0),
+        "output_drained_ms": report.drained_ms.map(|m| (m * 1000.0).round() / 1000.0),
+        "vm_stopped_ms": report.stopped_ms.map(|m| (m * 1000.0).round() / 1000.0),
         "first_kvm_run_ms": report.first_kvm_run_ms.map(|m| (m * 1000.0).round() / 1000.0),
         "machine_phases_us": report.timings.map(|t| {
             let us = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round();

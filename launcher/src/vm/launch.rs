@@ -58,6 +58,11 @@ pub struct VmReport {
     /// `Hello`, and to `Started`.
     pub boot_ms: Option<f64>,
     pub started_ms: Option<f64>,
+    /// From the same start to init's `Exited`, to the end of the output's
+    /// drain, and to the vCPUs' stop.
+    pub exited_ms: Option<f64>,
+    pub drained_ms: Option<f64>,
+    pub stopped_ms: Option<f64>,
     /// The guest itself failed (kernel panic, unexpected reset, triple
     /// fault): exit status 122.
     pub guest_failed: bool,
@@ -323,6 +328,7 @@ pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcom
     });
     running.stop();
     let _ = stop.write(1);
+    report.stopped_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
     let timings = running.timings();
     if let (Some(total), Some(launcher_t0)) = (timings.total, report.launcher_t0) {
         let to_machine = t_machine_start.saturating_duration_since(launcher_t0);

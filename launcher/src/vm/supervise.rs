@@ -252,6 +252,7 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
                         }
                         exited = Some(st);
                         phase = Phase::Done;
+                        s.report.exited_ms = Some(s.t0.elapsed().as_secs_f64() * 1000.0);
                     }
                     (_, other) => return Err(proto(format!("unexpected message {other:?}"))),
                 }
@@ -286,6 +287,7 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
         ],
         DRAIN_TIMEOUT,
     );
+    s.report.drained_ms = Some(s.t0.elapsed().as_secs_f64() * 1000.0);
     // Done with the guest: closing the channel lets init reboot at once.
     // SAFETY: shutdown of the channel's socket, which stays open (and owned
     // by the channel) until the session is dropped.

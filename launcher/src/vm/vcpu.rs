@@ -182,7 +182,64 @@ fn handle(shared: &Shared, exit: VcpuExit<'_>) -> Next {
     }
 }
 
+/// Counts of the exits that reached this process, per kind and port or
+/// page, printed on stderr when the loop ends if `SANDBOX_VM_EXIT_STATS=1`
+/// (a debugging aid for boot time: every exit is costly under nested
+/// virtualization; docs/vm.md).
+#[derive(Default)]
+struct ExitStats {
+    enabled: bool,
+    counts: std::collections::BTreeMap<(&'static str, u64), u64>,
+}
+
+impl ExitStats {
+    fn new() -> Self {
+        Self {
+            enabled: std::env::var_os("SANDBOX_VM_EXIT_STATS").is_some_and(|v| v == "1"),
+            ..Self::default()
+        }
+    }
+
+    fn note(&mut self, exit: &VcpuExit<'_>) {
+        if !self.enabled {
+            return;
+        }
+        let key = match exit {
+            VcpuExit::IoIn(port, _) => ("pio-in", u64::from(*port)),
+            VcpuExit::IoOut(port, _) => ("pio-out", u64::from(*port)),
+            VcpuExit::MmioRead(addr, _) => ("mmio-read", *addr & !0xfff),
+            VcpuExit::MmioWrite(addr, _) => ("mmio-write", *addr & !0xfff),
+            _ => ("other", 0),
+        };
+        *self.counts.entry(key).or_default() += 1;
+    }
+
+    fn print(&self, id: u8) {
+        if !self.enabled {
+            return;
+        }
+        let total: u64 = self.counts.values().sum();
+        let mut rows: Vec<_> = self.counts.iter().collect();
+        rows.sort_by(|a, b| b.1.cmp(a.1));
+        let list: Vec<String> = rows
+            .iter()
+            .take(12)
+            .map(|((kind, at), n)| format!("{kind}@{at:#x}={n}"))
+            .collect();
+        eprintln!(
+            "sandbox: vCPU {id}: {total} exits to the VMM: {}",
+            list.join(" ")
+        );
+    }
+}
+
 fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
+    let mut stats = ExitStats::new();
+    run_loop_inner(id, vcpu, shared, &mut stats);
+    stats.print(id);
+}
+
+fn run_loop_inner(id: u8, vcpu: &mut VcpuFd, shared: &Shared, stats: &mut ExitStats) {
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -191,7 +248,10 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
             shared.first_run.get_or_init(Instant::now);
         }
         let next = match vcpu.run() {
-            Ok(exit) => handle(shared, exit),
+            Ok(exit) => {
+                stats.note(&exit);
+                handle(shared, exit)
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
                 Next::Continue
