@@ -77,6 +77,26 @@ pub struct P9Server {
     req: Vec<u8>,
     out: Vec<u8>,
     writable: Vec<WritableBuf>,
+    /// Requests per message type, kept when `SANDBOX_VM_EXIT_STATS=1`
+    /// and printed on stderr when the server is dropped (boot profiling,
+    /// docs/vm.md).
+    counts: Option<Box<[u32; 256]>>,
+}
+
+impl Drop for P9Server {
+    fn drop(&mut self) {
+        let Some(counts) = self.counts.as_ref() else {
+            return;
+        };
+        let total: u32 = counts.iter().sum();
+        let list: Vec<String> = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(ty, n)| format!("T{ty}={n}"))
+            .collect();
+        eprintln!("sandbox: 9p: {total} requests by type: {}", list.join(" "));
+    }
 }
 
 impl std::fmt::Debug for P9Server {
@@ -94,6 +114,9 @@ impl P9Server {
             req: Vec::new(),
             out: Vec::new(),
             writable: Vec::new(),
+            counts: std::env::var_os("SANDBOX_VM_EXIT_STATS")
+                .is_some_and(|v| v == "1")
+                .then(|| Box::new([0; 256])),
         }
     }
 
@@ -121,6 +144,9 @@ impl ChainServer for P9Server {
             return self.error_reply(mem, libc::EMSGSIZE as u32);
         }
         self.out.clear();
+        if let (Some(c), Some(ty)) = (self.counts.as_mut(), self.req.get(4)) {
+            c[usize::from(*ty)] += 1;
+        }
         self.handler.handle(&self.req, &mut self.out);
         if self.out.len() as u64 > parts.writable {
             return self.error_reply(mem, libc::EMSGSIZE as u32);
