@@ -700,6 +700,40 @@ fn oom_eventfd(dir: &Path) -> Result<OwnedFd, CgroupError> {
     Ok(efd)
 }
 
+/// `sandbox gc`: remove the empty cgroups that killed launchers left, in
+/// every place `Cgroup::create` makes them; returns the removed paths.
+pub fn collect_stale() -> Vec<PathBuf> {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let parents: Vec<(PathBuf, &str)> = match detect() {
+        Layout::V2 { mount } => {
+            let base = if euid == 0 {
+                Some(mount.clone())
+            } else {
+                delegated_root(&mount, euid)
+            };
+            base.map(|b| (b.join("sandbox"), "")).into_iter().collect()
+        }
+        Layout::V1 { hierarchies } => hierarchies
+            .values()
+            .map(|(mnt, own)| (mnt.join(own.trim_start_matches('/')), "sandbox-"))
+            .collect(),
+        Layout::None => Vec::new(),
+    };
+    let mut removed = Vec::new();
+    for (parent, prefix) in parents {
+        for n in stale_names(&parent, prefix) {
+            let dir = parent.join(format!("{prefix}{n}"));
+            if fs::remove_dir(&dir).is_ok() {
+                removed.push(dir);
+            }
+        }
+    }
+    removed.sort();
+    removed.dedup();
+    removed
+}
+
 /// Names of empty sandbox cgroups left by launchers that were killed.
 fn stale_names(parent: &Path, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
