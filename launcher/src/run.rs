@@ -82,6 +82,9 @@ pub fn run(args: &RunArgs) -> i32 {
     };
     let result = run_inner(args, &caller, &mut spec_out, &mut ctx);
     let mut live = ctx.live.take();
+    // A detached child that has not reported yet: its caller (the parent)
+    // prints the error, once.
+    let reported_by_parent = live.as_ref().is_some_and(|l| l.detach.is_some());
 
     let (code, status, timed_out) = match &result {
         Ok(o) if ctx.guest_failed => (
@@ -91,7 +94,9 @@ pub fn run(args: &RunArgs) -> i32 {
         ),
         Ok(o) => outcome_code(o),
         Err(e) => {
-            eprintln!("sandbox: {e}");
+            if !reported_by_parent {
+                eprintln!("sandbox: {e}");
+            }
             (e.exit_code(), json!({ "error": e.to_string() }), false)
         }
     };
@@ -227,7 +232,8 @@ fn run_inner(
         ));
     }
     let _name = NameLock::acquire(&spec.name)?;
-    let live = ctx.live.insert(begin_lifecycle(args, &mut spec, ready)?);
+    let live = ctx.live.insert(Live::new(ready));
+    begin_lifecycle(args, &mut spec, live)?;
     // Block the forwarded signals before the sandbox exists, so none is
     // lost between start and supervision.
     let sigfd = sys::signalfd_for(&session::FORWARDED)
@@ -308,12 +314,8 @@ fn run_inner(
 /// socket of `--ready notify`. A foreground run without a usable state
 /// directory still runs (with a warning: `ps`, `exec` and `stop` will not
 /// see it); a detached one, or one that needs the notify socket, fails.
-fn begin_lifecycle(args: &RunArgs, spec: &mut Spec, ready: Ready) -> Result<Live, RunError> {
-    let mut live = Live::new(ready);
-    if args.detach {
-        live.detach = Some(detach::fork(&spec.name).map_err(RunError::Lifecycle)?);
-        spec.tty = false;
-    }
+fn begin_lifecycle(args: &RunArgs, spec: &mut Spec, live: &mut Live) -> Result<(), RunError> {
+    let ready = live.ready;
     let limits = &spec.limits;
     let record = StateRecord {
         name: spec.name.clone(),
@@ -341,21 +343,35 @@ fn begin_lifecycle(args: &RunArgs, spec: &mut Spec, ready: Ready) -> Result<Live
         exited_at: None,
     };
     let needed = args.detach || ready == Ready::Notify;
+    // Before the fork: a bad state directory is the caller's error.
     let mut tracker = match Tracker::begin(record) {
         Ok(t) => t,
         Err(e) if !needed => {
             eprintln!(
                 "sandbox: warning: {e}; `sandbox ps`, `exec` and `stop` will not see this sandbox"
             );
-            return Ok(live);
+            return Ok(());
         }
         Err(e) => return Err(e.into()),
     };
     if args.detach {
+        // The parent never returns from `fork` (nor drops the tracker).
+        live.detach = Some(detach::fork(&spec.name).map_err(RunError::Lifecycle)?);
+        spec.tty = false;
+        tracker.rec.pid = std::process::id();
+        live.tracker = Some(tracker);
+        let Some(tracker) = live.tracker.as_mut() else {
+            return Ok(());
+        };
         tracker.rec.log =
             detach::redirect_output(&spec.name, &tracker.dir).map_err(RunError::Lifecycle)?;
         tracker.save()?;
+    } else {
+        live.tracker = Some(tracker);
     }
+    let Some(tracker) = live.tracker.as_mut() else {
+        return Ok(());
+    };
     if ready == Ready::Notify {
         let relay = notify::Relay::bind(&tracker.dir.fd_path("notify")).map_err(|e| {
             RunError::Lifecycle(format!(
@@ -374,8 +390,7 @@ fn begin_lifecycle(args: &RunArgs, spec: &mut Spec, ready: Ready) -> Result<Live
             .push(("NOTIFY_SOCKET".into(), notify::INNER_SOCKET.into()));
         live.notify = Some(relay);
     }
-    live.tracker = Some(tracker);
-    Ok(live)
+    Ok(())
 }
 
 /// The command runs: record it, open the control socket, and (default
