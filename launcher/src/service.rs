@@ -139,6 +139,7 @@ pub fn unit_text(name: &str, exe: &Path, args: &[String], restart: &str, user: b
          [Service]\n\
          Type=notify\n\
          NotifyAccess=main\n\
+         Environment=SANDBOX_CGROUP=delegated\n\
          {env}\
          ExecStart={}\n\
          ExecReload=/bin/kill -HUP $MAINPID\n\
