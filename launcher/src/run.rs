@@ -243,14 +243,7 @@ fn run_inner(
         // and systemd is told it is ready when the guest is launched.
         live.set(Phase::Running);
         live.now_ready();
-        let mut ctx_vm = RunCtx {
-            t0: ctx.t0,
-            ..RunCtx::default()
-        };
-        let r = run_vm(spec_out.insert(spec), &sigfd, &mut ctx_vm);
-        ctx_vm.live = ctx.live.take();
-        *ctx = ctx_vm;
-        return r;
+        return run_vm(spec_out.insert(spec), &sigfd, ctx);
     }
     let (_dynamic, prepared) = dynamic_user(&mut spec, caller)?;
     let _label = security_label(&mut spec, ctx)?;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sandbox_e2e::{both, skip, Output, Sandbox, Who, PY};
+use sandbox_e2e::{both, skip, Output, Pty, Sandbox, Who, PY};
 use serde_json::Value;
 
 /// A private state directory and the sandboxes started in it (killed at
@@ -231,6 +231,45 @@ both! {
             .output()
             .assert_code(125)
             .assert_stderr_contains("/no/such/dir");
+    }
+}
+
+both! {
+    /// exec -it: a pty of the caller's size inside the sandbox, typed input
+    /// reaches the command, its status comes back; -u with an id the
+    /// sandbox does not map fails with the reason.
+    fn exec_with_a_terminal_and_ids(who) {
+        let mut env = Env::new(who, "tty");
+        env.detach("term", &[], "exec sleep 1000");
+        let p = Pty::new(33, 97).expect("pty");
+        let mut run = env
+            .cli()
+            .args(["exec", "-it", "term", "--", "/bin/sh", "-c", "tty; stty size; read x; echo got-$x; exit 5"])
+            .spawn_pty(&p);
+        run.wait_for("33 97", Duration::from_secs(10));
+        run.write(b"typed\n");
+        let (st, out) = run.wait();
+        assert_eq!(st.code(), Some(5), "{out:?}");
+        assert!(out.contains("/dev/pts/"), "{out:?}");
+        assert!(out.contains("got-typed"), "{out:?}");
+        // The command's own ids by default; another uid where it is mapped.
+        let own = env.exec("term", &["id", "-u"]);
+        own.assert_ok();
+        let other = env.cli().args(["exec", "-u", "4242:4343", "term", "--", "id", "-u"]).output();
+        if who == Who::Root {
+            // As root every host id is mapped into the sandbox.
+            other.assert_ok();
+            assert_eq!(other.line(), "4242");
+        } else {
+            // Rootless, only the caller's own id is.
+            other.assert_code(125).assert_stderr_contains("set-ids");
+        }
+        env.cli()
+            .args(["exec", "-u", "nobody", "term", "--", "true"])
+            .output()
+            .assert_code(125)
+            .assert_stderr_contains("'nobody'")
+            .assert_one_line_error();
     }
 }
 
@@ -569,4 +608,55 @@ fn vm_lifecycle_is_refused_clearly() {
             || err.contains("KVM"),
         "{o:?}"
     );
+}
+
+both! {
+    /// service install validates everything before it writes a unit, and
+    /// writes one whose ExecStart is the run it was given (quoted for
+    /// systemd); the unit itself is driven for real in lab_systemd.rs.
+    fn service_install_validates_and_writes(who) {
+        let env = Env::new(who, "svc");
+        let dir = env.dir.with_extension("units");
+        let _ = std::fs::remove_dir_all(&dir);
+        let bad: [(&[&str], &str); 6] = [
+            (&["bad/name", "--", "true"], "invalid service name 'bad/name'"),
+            (&["web", "--", "-d", "--", "true"], "--detach cannot be used"),
+            (&["web", "--", "--memory", "lots", "--", "true"], "lots"),
+            (&["web", "--", "--ready", "udp:1", "--", "true"], "'udp:1'"),
+            (&["web", "--", "--name", "x", "--", "true"], "--name cannot be used"),
+            (&["web", "--restart", "sometimes", "--", "true"], "'sometimes'"),
+        ];
+        for (args, msg) in bad {
+            let argv: Vec<&str> = match args.iter().position(|a| *a == "--") {
+                Some(i) => args[..i].iter().chain(&args[i + 1..]).copied().collect(),
+                None => args.to_vec(),
+            };
+            let o = Sandbox::cli(who)
+                .args(["service", "install", "--unit-dir"])
+                .arg(&dir)
+                .args(&argv)
+                .output();
+            o.assert_code(125).assert_stderr_contains(msg);
+            assert!(
+                std::fs::read_dir(&dir).map_or(true, |d| d.count() == 0),
+                "a refused install wrote a unit"
+            );
+        }
+        let o = Sandbox::cli(who)
+            .args(["service", "install", "--unit-dir"])
+            .arg(&dir)
+            .args(["web", "--ready", "tcp:8080", "--", "/bin/echo", "100% $HOME \"q\""])
+            .output();
+        o.assert_ok();
+        let unit = std::fs::read_to_string(dir.join("sandbox-web.service")).expect("unit written");
+        for line in ["Type=notify", "Delegate=yes", "KillMode=mixed", "Restart=on-failure"] {
+            assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
+        }
+        let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).expect("ExecStart");
+        assert!(
+            exec.ends_with(r#""run" "--name" "web" "--ready" "tcp:8080" "--" "/bin/echo" "100%% $$HOME \"q\"""#),
+            "{exec}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
