@@ -660,3 +660,64 @@ both! {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// The control socket answers only its owner's uid (or root): even with the
+/// directory and socket opened up to everyone by mistake, another user's
+/// exec, stop and kill get nothing (SO_PEERCRED), and the sandbox runs on.
+#[test]
+fn control_socket_refuses_other_users() {
+    let Some(_) = Who::Root.ready() else { return };
+    let Some(_) = Who::Rootless.ready() else {
+        return;
+    };
+    let mut env = Env::new(Who::Root, "peer");
+    env.detach("guarded", &[], "exec sleep 1000");
+    use std::os::unix::fs::PermissionsExt;
+    let paths = [
+        env.dir.clone(),
+        env.dir.join("guarded"),
+        env.dir.join("guarded/control"),
+    ];
+    let chmod = |mode| {
+        for p in &paths {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+    };
+    chmod(0o777);
+    let other = Sandbox::cli(Who::Rootless).env("SANDBOX_STATE_DIR", &env.dir);
+    // The open state root itself is refused first, by the client.
+    let o = other.args(["exec", "guarded", "--", "true"]).output();
+    o.assert_code(125);
+    // A client that skips that check: connect straight to the socket.
+    let sock = env.dir.join("guarded/control");
+    let acct = sandbox_e2e::unprivileged().expect("account");
+    let script = format!(
+        "import socket,struct,sys\ns=socket.socket(socket.AF_UNIX); s.connect('{}')\n\
+         m=b'{{\"Kill\":{{\"signal\":9}}}}'\n\
+         try:\n s.sendall(struct.pack('<I',len(m))+m); r=s.recv(100)\n\
+         except (BrokenPipeError, ConnectionResetError): r=b''\nsys.exit(0 if r==b'' else 3)",
+        sock.display()
+    );
+    let st = std::process::Command::new("setpriv")
+        .args([
+            format!("--reuid={}", acct.uid),
+            format!("--regid={}", acct.gid),
+            "--clear-groups".into(),
+            "--".into(),
+            PY.into(),
+            "-c".into(),
+            script,
+        ])
+        .output()
+        .expect("setpriv");
+    // Private again, so that the cleanup's own client accepts the root.
+    chmod(0o700);
+    assert_eq!(
+        st.status.code(),
+        Some(0),
+        "another user's request was answered: {st:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let e = env.entry("guarded").expect("record");
+    assert_eq!(e["state"], "running", "another user's kill acted: {e}");
+}
