@@ -721,3 +721,39 @@ fn control_socket_refuses_other_users() {
     let e = env.entry("guarded").expect("record");
     assert_eq!(e["state"], "running", "another user's kill acted: {e}");
 }
+
+both! {
+    /// Without SANDBOX_STATE_DIR: /run/sandbox as root; rootless
+    /// $XDG_RUNTIME_DIR/sandbox, and without it /run/user/UID/sandbox or
+    /// /tmp/sandbox-UID. ps and exec find the sandbox there.
+    fn default_state_dir(who) {
+        let name = format!("dflt-{}", std::process::id());
+        let cli = || Sandbox::cli(who).env("SANDBOX_LOG_FILE", "1");
+        let o = cli().args(["run", "-d", "--name", &name, "--", "sleep", "1000"]).output();
+        o.assert_ok();
+        let dir = if who == Who::Root {
+            PathBuf::from("/run/sandbox")
+        } else {
+            let uid = sandbox_e2e::unprivileged().expect("account").uid;
+            let run_user = PathBuf::from(format!("/run/user/{uid}"));
+            if run_user.is_dir() {
+                run_user.join("sandbox")
+            } else {
+                PathBuf::from(format!("/tmp/sandbox-{uid}"))
+            }
+        };
+        let found = dir.join(&name).join("state.json").exists();
+        cli().args(["exec", &name, "--", "true"]).output().assert_ok();
+        cli().args(["ps"]).output().assert_ok().assert_stdout_contains(&name);
+        cli().args(["kill", &name]).output().assert_ok();
+        let t0 = Instant::now();
+        while !cli().args(["inspect", &name]).output().stdout_str().contains("\"exited\"") {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let gc = cli().arg("gc").output();
+        gc.assert_ok();
+        assert!(found, "no state under {}", dir.display());
+        assert!(!dir.join(&name).exists(), "gc left {}", dir.display());
+    }
+}

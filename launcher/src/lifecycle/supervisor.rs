@@ -43,9 +43,12 @@ impl Tracker {
     /// holds the name lock, so an existing directory is a leftover (a
     /// crash, or the record of an exited detached run) and is replaced.
     pub fn begin(rec: Record) -> Result<Self, DirError> {
-        let Some(root) = Root::open(true)? else {
-            unreachable_root()
-        };
+        // With `create`, a missing root is created (or an error), never
+        // reported as missing; say so if it ever were.
+        let root = Root::open(true)?.ok_or_else(|| DirError::Io {
+            path: super::dir::root_path(),
+            reason: "vanished while it was created".into(),
+        })?;
         if root.exists(&rec.name) {
             root.remove(&rec.name)?;
         }
@@ -96,13 +99,6 @@ impl Drop for Tracker {
             let _ = self.root.remove(&self.rec.name);
         }
     }
-}
-
-fn unreachable_root() -> ! {
-    // Root::open(true) either creates the root or fails; it never reports
-    // "missing". Exit like any other sandbox failure rather than panic.
-    eprintln!("sandbox: the state directory vanished while it was created");
-    std::process::exit(EXIT_SANDBOX)
 }
 
 /// What the session loop must do for a client.
