@@ -84,8 +84,12 @@ impl Tracker {
         }
     }
 
-    /// The run ended with `code`.
+    /// The run ended with `code`. A foreground run's directory is removed
+    /// on drop, so only a detached one records the end.
     pub fn finish(&mut self, code: i32) {
+        if !self.keep {
+            return;
+        }
         self.dir.unlink("control");
         self.rec.exit_code = Some(code);
         self.rec.exited_at = Some(now());
