@@ -9,6 +9,8 @@
 //! - `KillMode=mixed`: `systemctl stop` sends SIGTERM to the launcher only,
 //!   which forwards it to the command; what is left after
 //!   `TimeoutStopSec` gets SIGKILL from systemd (the whole cgroup);
+//! - `SuccessExitStatus=143`: the launcher exits 128+15 when the command
+//!   died of the SIGTERM of a stop, which is a clean stop;
 //! - `ExecReload=kill -HUP $MAINPID`: the launcher forwards SIGHUP;
 //! - `Delegate=yes`: the unit's cgroup subtree is the launcher's, so the
 //!   sandbox's own cgroup (limits) is created inside it;
@@ -145,6 +147,7 @@ pub fn unit_text(name: &str, exe: &Path, args: &[String], restart: &str, user: b
          ExecReload=/bin/kill -HUP $MAINPID\n\
          KillMode=mixed\n\
          KillSignal=SIGTERM\n\
+         SuccessExitStatus=143\n\
          TimeoutStopSec=15s\n\
          Restart={restart}\n\
          RestartSec=1s\n\

@@ -274,8 +274,23 @@ impl Control {
                 _ => continue,
             }
             // Replies are written blocking (small), requests read when
-            // poll says so.
+            // poll says so. A client that stops reading cannot stall the
+            // supervisor for more than a second per reply.
             let _ = crate::sys::set_nonblocking(fd.as_raw_fd(), false);
+            let tv = libc::timeval {
+                tv_sec: 1,
+                tv_usec: 0,
+            };
+            // SAFETY: setsockopt with a timeval of the stated size.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
             self.clients.push(Client {
                 fd,
                 rd: Reader::default(),
@@ -298,6 +313,10 @@ impl Control {
             );
             c.done = true;
             return None;
+        }
+        if !matches!(req, Request::Exec(_)) {
+            // Only an exec request carries descriptors; others are closed.
+            c.rd.fds.clear();
         }
         match req {
             Request::Stop { grace_ms } => {

@@ -122,6 +122,12 @@ n=$(alive "sleep 100000")
 [ "$n" = 1 ] && check kill9-no-leak ok || check kill9-no-leak "$n commands alive"
 out=$($S ps); case "$out" in *loop*running*) check ps-sees-the-service ok ;; *) check ps-sees-the-service "$out" ;; esac
 
+# A command killed by the SIGTERM of a stop (sleep: status 143) is a clean
+# stop for systemd (SuccessExitStatus=143), not a failure.
+systemctl stop sandbox-loop
+res=$(systemctl show -p Result --value sandbox-loop)
+[ "$res" = success ] && check stop-of-sigterm-death-is-success ok || check stop-of-sigterm-death-is-success "$res"
+
 # 9. remove stops the unit and deletes it; nothing is left.
 $S service remove loop; $S service remove web
 [ ! -e /etc/systemd/system/sandbox-loop.service ] && [ ! -e $f ] && check remove-deletes-units ok || check remove-deletes-units "$(ls /etc/systemd/system/sandbox-*)"
