@@ -625,10 +625,8 @@ fn vm_lifecycle_is_refused_clearly() {
     }
     let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + key.len()) as libc::socklen_t;
     // SAFETY: valid address of `len` bytes.
-    assert_eq!(
-        unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) },
-        0
-    );
+    let bound = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+    assert_eq!(bound, 0);
     assert_eq!(env.state(&name), "running");
     for (cmd, what) in [
         (vec!["exec", &name, "--", "true"], "exec"),
