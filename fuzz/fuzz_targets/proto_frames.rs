@@ -12,7 +12,12 @@ fuzz_target!(|data: &[u8]| {
         let frame = encode(&m).expect("a decoded message re-encodes");
         assert_eq!(decode::<InitMsg>(&frame[HEADER_LEN..]).ok(), Some(m));
     }
-    let _ = decode::<HostMsg>(data);
+    // HostMsg includes the lifecycle variants (Exec with its ExecSpec,
+    // ExecSignal, ProbeTcp) that init decodes while the command runs.
+    if let Ok(m) = decode::<HostMsg>(data) {
+        let frame = encode(&m).expect("a decoded message re-encodes");
+        assert_eq!(decode::<HostMsg>(&frame[HEADER_LEN..]).ok(), Some(m));
+    }
 
     // Stream reassembly with the input split at a data-dependent point.
     let split = data.first().map_or(0, |b| *b as usize % (data.len() + 1));

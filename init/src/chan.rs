@@ -67,6 +67,13 @@ impl Receiver {
         std::mem::take(&mut self.fds)
     }
 
+    /// Take the `n` oldest descriptors received (those attached to the
+    /// message just returned); fewer when fewer arrived.
+    pub fn take_first(&mut self, n: usize) -> Vec<std::os::fd::OwnedFd> {
+        let n = n.min(self.fds.len());
+        self.fds.drain(..n).collect()
+    }
+
     /// Messages already buffered, without reading.
     pub fn buffered(&mut self) -> Option<HostMsg> {
         self.buf.next_msg::<HostMsg>().ok().flatten()

@@ -238,8 +238,31 @@ pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) {
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
 }
 
+/// How a process added to the running sandbox (`sandbox exec`) differs
+/// from the command: it joins the command's user namespace instead of
+/// getting a new one (so its maps, and what its capabilities reach, are
+/// the command's), and it may bring its own stdio.
+#[derive(Debug, Clone, Copy)]
+pub struct Join {
+    /// `/proc/<command>/ns/user`, opened by init when the command started.
+    pub userns: RawFd,
+    /// stdin, stdout, stderr (ignored with a pty).
+    pub stdio: Option<[RawFd; 3]>,
+}
+
 /// Start the command. Returns once `execve` has succeeded or failed.
 pub fn spawn(spec: &InitSpec) -> Result<Child, SpawnError> {
+    spawn_inner(spec, None)
+}
+
+/// Start one more process with the command's confinement (everything
+/// `spec` says, in the command's user namespace). Returns once `execve`
+/// has succeeded or failed.
+pub fn spawn_joined(spec: &InitSpec, join: Join) -> Result<Child, SpawnError> {
+    spawn_inner(spec, Some(join))
+}
+
+fn spawn_inner(spec: &InitSpec, join: Option<Join>) -> Result<Child, SpawnError> {
     let prep = prepare(spec)?;
     let pty = match spec.tty {
         Some(t) => Some(open_pty(spec, t.rows, t.cols).map_err(SpawnError::Setup)?),
@@ -247,21 +270,27 @@ pub fn spawn(spec: &InitSpec) -> Result<Child, SpawnError> {
     };
     // A labelled command cannot use the caller's stdio when it carries a
     // category range (MCS): give it sockets made at level s0 and relay.
-    let relay = match (&spec.confine.exec_label, &pty) {
-        (Some(_), None) => Some(relay_sockets().map_err(SpawnError::Setup)?),
+    let relay = match (&spec.confine.exec_label, &pty, join) {
+        (Some(_), None, None) => Some(relay_sockets().map_err(SpawnError::Setup)?),
         _ => None,
     };
     let pipe_err = |e| SpawnError::Setup(StepError::new("exec", "pipe", e));
     let (sync_r, sync_w) = sys::pipe().map_err(pipe_err)?;
     let (err_r, err_w) = sys::pipe().map_err(pipe_err)?;
 
+    // A joining process enters the command's namespace in the child.
+    let newuser = if join.is_some() {
+        0
+    } else {
+        libc::CLONE_NEWUSER
+    };
     // SAFETY: init is single-threaded, so the child may continue like
     // after fork(2). CLONE_NEWUSER puts the child in a fresh user
     // namespace whose maps we write below.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,
-            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            (newuser | libc::SIGCHLD) as libc::c_ulong,
             0usize,
             0usize,
             0usize,
@@ -281,15 +310,26 @@ pub fn spawn(spec: &InitSpec) -> Result<Child, SpawnError> {
         let slave = pty.as_ref().map(|(_, s)| s.as_raw_fd());
         let stdio = relay
             .as_ref()
-            .map(|r| [r[0].1.as_raw_fd(), r[1].1.as_raw_fd(), r[2].1.as_raw_fd()]);
-        child_main(&prep, sync_r.as_raw_fd(), err_w.as_raw_fd(), slave, stdio);
+            .map(|r| [r[0].1.as_raw_fd(), r[1].1.as_raw_fd(), r[2].1.as_raw_fd()])
+            .or(join.and_then(|j| j.stdio).filter(|_| slave.is_none()));
+        let ends = ChildFds {
+            sync: sync_r.as_raw_fd(),
+            err: err_w.as_raw_fd(),
+            userns: join.map(|j| j.userns),
+        };
+        child_main(&prep, ends, slave, stdio);
     }
     let pid = pid as libc::pid_t;
     drop(sync_r);
     drop(err_w);
     let master = pty.map(|(m, _slave)| m);
 
-    if let Err(e) = write_maps(pid, spec) {
+    let maps = if join.is_some() {
+        Ok(())
+    } else {
+        write_maps(pid, spec)
+    };
+    if let Err(e) = maps {
         // SAFETY: killing and reaping our own child.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
@@ -368,19 +408,30 @@ fn ok_or_fail(ret: libc::c_long, err_fd: RawFd, kind: u8) {
     }
 }
 
+/// The child's ends: the go pipe, the error pipe, and the user namespace
+/// to join (`sandbox exec`).
+struct ChildFds {
+    sync: RawFd,
+    err: RawFd,
+    userns: Option<RawFd>,
+}
+
 /// The child between `clone` and `execve`. Allocates nothing.
-fn child_main(
-    p: &Prepared,
-    sync_fd: RawFd,
-    err_fd: RawFd,
-    slave: Option<RawFd>,
-    stdio: Option<[RawFd; 3]>,
-) -> ! {
+fn child_main(p: &Prepared, fds: ChildFds, slave: Option<RawFd>, stdio: Option<[RawFd; 3]>) -> ! {
+    let (sync_fd, err_fd) = (fds.sync, fds.err);
     let mut b = [0u8; 1];
     match sys::read(sync_fd, &mut b) {
         Ok(1) => {}
         Ok(_) => fail(err_fd, K_SYNC, libc::EPIPE),
         Err(e) => fail(err_fd, K_SYNC, e),
+    }
+    if let Some(ns) = fds.userns {
+        // SAFETY: setns on an fd init opened; the child is single-threaded
+        // and shares no fs state (no CLONE_FS), as setns(CLONE_NEWUSER)
+        // requires. It then holds every capability of that namespace and
+        // drops them below exactly as the command did.
+        let r = unsafe { libc::setns(ns, libc::CLONE_NEWUSER) };
+        ok_or_fail(r.into(), err_fd, K_IDS);
     }
     // SAFETY: (whole block) plain system calls on integers and fds we own;
     // every pointer passed points to live, initialised memory in `p`.

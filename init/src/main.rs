@@ -145,7 +145,18 @@ fn run(backend: Backend, early: Option<StepError>) -> i32 {
     }
     // The launcher now owns the pty master; ours would keep it alive.
     drop(master);
-    supervise(child.pid, &sigfd, rx, relay)
+    // `sandbox exec` joins the command's user namespace: keep it open.
+    let path = format!("/proc/{}/ns/user\0", child.pid);
+    let userns = std::ffi::CStr::from_bytes_with_nul(path.as_bytes())
+        .ok()
+        .and_then(|p| sys::open(p, libc::O_RDONLY).ok());
+    let mut sup = Supervisor {
+        pid: child.pid,
+        spec: &spec,
+        userns,
+        execs: Vec::new(),
+    };
+    sup.run(&sigfd, rx, relay)
 }
 
 /// Block the signals init handles and return a signalfd for them.
@@ -206,106 +217,216 @@ fn forward(pid: libc::pid_t, sig: i32) {
     }
 }
 
-/// Supervise until the command exits; returns init's exit code.
-fn supervise(
+/// The command and the processes `sandbox exec` added, while they run.
+struct Supervisor<'a> {
     pid: libc::pid_t,
-    sigfd: &OwnedFd,
-    mut rx: Receiver,
-    mut relay: Option<relay::Relay>,
-) -> i32 {
-    // Signals that arrived with the start request.
-    while let Some(m) = rx.buffered() {
-        if let HostMsg::Signal(s) = m {
-            forward(pid, s);
+    /// The command's spec: every exec'd process gets its confinement.
+    spec: &'a sandbox_proto::InitSpec,
+    /// The command's user namespace (`None` if it could not be opened:
+    /// exec is then refused).
+    userns: Option<OwnedFd>,
+    /// (pid, exec id) of the exec'd processes still running.
+    execs: Vec<(libc::pid_t, u32)>,
+}
+
+impl Supervisor<'_> {
+    /// Supervise until the command exits; returns init's exit code.
+    fn run(&mut self, sigfd: &OwnedFd, mut rx: Receiver, mut relay: Option<relay::Relay>) -> i32 {
+        // Messages that arrived with the start request.
+        while let Some(m) = rx.buffered() {
+            self.handle(m, &mut rx);
         }
-    }
-    loop {
-        let rfds = relay.as_ref().map(relay::Relay::pollfds);
-        let mut fds = vec![
-            libc::pollfd {
-                fd: sigfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: chan::CTRL_FD,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        fds.extend(rfds.iter().flatten());
-        // SAFETY: `fds` is a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            continue;
-        }
-        if let Some(r) = relay.as_mut() {
-            r.handle(&fds[2..]);
-        }
-        if fds[0].revents & libc::POLLIN != 0 {
-            // SAFETY: zeroed siginfo is a valid buffer.
-            let mut si: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let sz = std::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: reading one siginfo record into `si`.
-            let r = unsafe {
-                libc::read(
-                    sigfd.as_raw_fd(),
-                    (&mut si as *mut libc::signalfd_siginfo).cast(),
-                    sz,
-                )
-            };
-            if r as usize == sz {
-                let sig = si.ssi_signo as i32;
-                if sig == libc::SIGCHLD {
-                    if let Some(status) = reap(pid) {
-                        vm::trace("command reaped");
-                        kill_all();
-                        if let Some(r) = relay.as_mut() {
-                            r.drain();
+        loop {
+            let rfds = relay.as_ref().map(relay::Relay::pollfds);
+            let mut fds = vec![
+                libc::pollfd {
+                    fd: sigfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: chan::CTRL_FD,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            fds.extend(rfds.iter().flatten());
+            // SAFETY: `fds` is a valid array of pollfd of the given length.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if n < 0 {
+                continue;
+            }
+            if let Some(r) = relay.as_mut() {
+                r.handle(&fds[2..]);
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                if let Some(sig) = read_signal(sigfd) {
+                    if sig == libc::SIGCHLD {
+                        if let Some(status) = self.reap() {
+                            vm::trace("command reaped");
+                            kill_all();
+                            if let Some(r) = relay.as_mut() {
+                                r.drain();
+                            }
+                            let _ = chan::send(&InitMsg::Exited(status), None);
+                            return 0;
                         }
-                        let _ = chan::send(&InitMsg::Exited(status), None);
-                        return 0;
+                    } else {
+                        forward(self.pid, sig);
                     }
-                } else {
-                    forward(pid, sig);
+                }
+            }
+            if fds[1].revents != 0 {
+                match rx.read_once() {
+                    Recv::Msg(m) => {
+                        if let HostMsg::Resize { rows, cols } = m {
+                            // Only where init owns the pty (VM backend).
+                            if let Some(r) = relay.as_ref() {
+                                r.resize(rows, cols);
+                            }
+                        }
+                        self.handle(m, &mut rx);
+                        while let Some(m) = rx.buffered() {
+                            self.handle(m, &mut rx);
+                        }
+                    }
+                    Recv::Closed => {
+                        kill_all();
+                        return EXIT_LAUNCHER_GONE;
+                    }
+                    Recv::Bad => {
+                        kill_all();
+                        return EXIT_PROTOCOL;
+                    }
                 }
             }
         }
-        if fds[1].revents != 0 {
-            match rx.read_once() {
-                Recv::Msg(HostMsg::Signal(s)) => forward(pid, s),
-                // Only where init owns the pty (VM backend); a no-op else.
-                Recv::Msg(HostMsg::Resize { rows, cols }) => {
-                    if let Some(r) = relay.as_ref() {
-                        r.resize(rows, cols);
-                    }
+    }
+
+    /// Act on one message of the launcher (`Resize` is the caller's).
+    fn handle(&mut self, m: HostMsg, rx: &mut Receiver) {
+        match m {
+            HostMsg::Signal(s) => forward(self.pid, s),
+            HostMsg::Exec { id, spec } => {
+                let fds = if spec.tty.is_none() {
+                    rx.take_first(3)
+                } else {
+                    Vec::new()
+                };
+                self.exec(id, &spec, fds);
+            }
+            HostMsg::ExecSignal { id, sig } => {
+                if let Some((pid, _)) = self.execs.iter().find(|(_, i)| *i == id) {
+                    forward(*pid, sig);
                 }
-                Recv::Msg(HostMsg::Start(_)) => {}
-                Recv::Closed => {
-                    kill_all();
-                    return EXIT_LAUNCHER_GONE;
-                }
-                Recv::Bad => {
-                    kill_all();
-                    return EXIT_PROTOCOL;
-                }
+            }
+            HostMsg::ProbeTcp { port } => {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let open = std::net::TcpStream::connect_timeout(
+                    &addr,
+                    std::time::Duration::from_millis(500),
+                )
+                .is_ok();
+                let _ = chan::send(&InitMsg::Probe { port, open }, None);
+            }
+            HostMsg::Resize { .. } | HostMsg::Start(_) => {}
+        }
+    }
+
+    /// Start an exec'd process with the command's confinement.
+    fn exec(&mut self, id: u32, e: &sandbox_proto::ExecSpec, fds: Vec<OwnedFd>) {
+        let fail = |failure| {
+            let _ = chan::send(&InitMsg::ExecNotStarted { id, failure }, None);
+        };
+        let Some(userns) = self.userns.as_ref() else {
+            let err = StepError::new("exec-join", "/proc/COMMAND/ns/user", libc::ENOENT);
+            return fail(sandbox_proto::ExecFailure::Setup(err.into_proto()));
+        };
+        let stdio = match fds.as_slice() {
+            [a, b, c] => Some([a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd()]),
+            _ if e.tty.is_some() => None,
+            _ => {
+                let err = StepError::new("exec-stdio", "", libc::EBADF)
+                    .detail("the request did not carry three descriptors");
+                return fail(sandbox_proto::ExecFailure::Setup(err.into_proto()));
+            }
+        };
+        let mut spec = self.spec.clone();
+        spec.argv = e.argv.clone();
+        spec.env = e.env.clone();
+        spec.cwd = e.cwd.clone();
+        spec.create_cwd = false;
+        spec.tty = e.tty;
+        if let Some(uid) = e.uid {
+            spec.user.uid = uid;
+        }
+        if let Some(gid) = e.gid {
+            spec.user.gid = gid;
+        }
+        let join = command::Join {
+            userns: userns.as_raw_fd(),
+            stdio,
+        };
+        match command::spawn_joined(&spec, join) {
+            Ok(child) => {
+                self.execs.push((child.pid, id));
+                let master = child.master.as_ref().map(AsRawFd::as_raw_fd);
+                let started = InitMsg::ExecStarted {
+                    id,
+                    pid: child.pid,
+                    pty: master.is_some(),
+                };
+                let _ = chan::send(&started, master);
+            }
+            Err(command::SpawnError::Setup(e)) => {
+                fail(sandbox_proto::ExecFailure::Setup(e.into_proto()));
+            }
+            Err(command::SpawnError::Exec {
+                program,
+                errno,
+                not_found,
+            }) => fail(sandbox_proto::ExecFailure::Exec {
+                program,
+                errno,
+                not_found,
+            }),
+        }
+    }
+
+    /// Reap every exited child, reporting exec'd ones; returns the
+    /// command's status once it exited.
+    fn reap(&mut self) -> Option<ExitStatus> {
+        let mut result = None;
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid with a valid status pointer.
+            let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if r <= 0 {
+                return result;
+            }
+            if r == self.pid {
+                result = Some(decode_status(status));
+            } else if let Some(i) = self.execs.iter().position(|(p, _)| *p == r) {
+                let (_, id) = self.execs.swap_remove(i);
+                let status = decode_status(status);
+                let _ = chan::send(&InitMsg::ExecExited { id, status }, None);
             }
         }
     }
 }
 
-/// Reap every exited child; returns the command's status once it exited.
-fn reap(main_pid: libc::pid_t) -> Option<ExitStatus> {
-    let mut result = None;
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid with a valid status pointer.
-        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if r <= 0 {
-            return result;
-        }
-        if r == main_pid {
-            result = Some(decode_status(status));
-        }
-    }
+/// Read one record from the signalfd.
+fn read_signal(sigfd: &OwnedFd) -> Option<i32> {
+    // SAFETY: zeroed siginfo is a valid buffer.
+    let mut si: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let sz = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reading one siginfo record into `si`.
+    let r = unsafe {
+        libc::read(
+            sigfd.as_raw_fd(),
+            (&mut si as *mut libc::signalfd_siginfo).cast(),
+            sz,
+        )
+    };
+    (r as usize == sz).then_some(si.ssi_signo as i32)
 }

@@ -295,6 +295,11 @@ fn serve(args: &[String]) -> i32 {
                             InitMsg::SetupFailed(_) | InitMsg::ExecFailed { .. } => {
                                 status = Some(ExitStatus::Code(125))
                             }
+                            // The peer sends no exec or probe requests.
+                            InitMsg::ExecStarted { .. }
+                            | InitMsg::ExecNotStarted { .. }
+                            | InitMsg::ExecExited { .. }
+                            | InitMsg::Probe { .. } => {}
                         }
                     }
                     Ok(None) => break,

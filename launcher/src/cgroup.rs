@@ -264,7 +264,9 @@ impl Cgroup {
         best_effort: bool,
     ) -> Result<(), CgroupError> {
         let what = first_limit(limits);
-        let base = if euid == 0 {
+        let base = if let Some(unit) = delegated_unit(mount) {
+            unit
+        } else if euid == 0 {
             mount.to_path_buf()
         } else {
             delegated_root(mount, euid).ok_or_else(|| CgroupError::NotDelegated {
@@ -661,6 +663,33 @@ fn enable_controllers(dir: &Path, wanted: &[&str]) {
     }
 }
 
+/// Under a unit written by `sandbox service install` (`Delegate=yes`, and
+/// `SANDBOX_CGROUP=delegated` in its environment), the sandbox's cgroup
+/// goes inside the unit's own subtree: the launcher first moves itself
+/// into the leaf `supervisor` (a cgroup with children may hold no
+/// processes), and the unit's cgroup becomes the base. `None` elsewhere.
+fn delegated_unit(mount: &Path) -> Option<PathBuf> {
+    if std::env::var_os("SANDBOX_CGROUP").map_or(true, |v| v != "delegated") {
+        return None;
+    }
+    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mut cur = mount.join(path.trim_start_matches('/'));
+    if cur.file_name().is_some_and(|n| n == "supervisor") {
+        cur.pop();
+        return Some(cur);
+    }
+    let leaf = cur.join("supervisor");
+    match fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(_) => return None,
+    }
+    // "0" moves the writing process (the launcher is single-threaded here).
+    fs::write(leaf.join("cgroup.procs"), "0").ok()?;
+    Some(cur)
+}
+
 /// The highest ancestor of our own v2 cgroup that `uid` owns.
 fn delegated_root(mount: &Path, uid: u32) -> Option<PathBuf> {
     let own = fs::read_to_string("/proc/self/cgroup").ok()?;
@@ -698,6 +727,40 @@ fn oom_eventfd(dir: &Path) -> Result<OwnedFd, CgroupError> {
         &format!("{} {}", efd.as_raw_fd(), ctl_file.as_raw_fd()),
     )?;
     Ok(efd)
+}
+
+/// `sandbox gc`: remove the empty cgroups that killed launchers left, in
+/// every place `Cgroup::create` makes them; returns the removed paths.
+pub fn collect_stale() -> Vec<PathBuf> {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let parents: Vec<(PathBuf, &str)> = match detect() {
+        Layout::V2 { mount } => {
+            let base = if euid == 0 {
+                Some(mount.clone())
+            } else {
+                delegated_root(&mount, euid)
+            };
+            base.map(|b| (b.join("sandbox"), "")).into_iter().collect()
+        }
+        Layout::V1 { hierarchies } => hierarchies
+            .values()
+            .map(|(mnt, own)| (mnt.join(own.trim_start_matches('/')), "sandbox-"))
+            .collect(),
+        Layout::None => Vec::new(),
+    };
+    let mut removed = Vec::new();
+    for (parent, prefix) in parents {
+        for n in stale_names(&parent, prefix) {
+            let dir = parent.join(format!("{prefix}{n}"));
+            if fs::remove_dir(&dir).is_ok() {
+                removed.push(dir);
+            }
+        }
+    }
+    removed.sort();
+    removed.dedup();
+    removed
 }
 
 /// Names of empty sandbox cgroups left by launchers that were killed.

@@ -40,6 +40,49 @@ pub enum Command {
     /// Run COMMAND in a new sandbox and wait for it
     #[command(after_help = EXIT_CODES_HELP)]
     Run(RunArgs),
+    /// List the sandboxes of this user (running, detached ones that exited,
+    /// and dead ones a crash left)
+    Ps {
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the receipt of a running sandbox (JSON)
+    Inspect {
+        /// The sandbox's name
+        name: String,
+    },
+    /// Run one more command inside a running sandbox, with exactly its
+    /// confinement; exits with that command's status
+    Exec(ExecArgs),
+    /// Stop a sandbox: SIGTERM to its command, SIGKILL to all of it after
+    /// the grace period; returns when it has ended
+    Stop {
+        name: String,
+        /// Grace period before SIGKILL (default 10s)
+        #[arg(short = 't', long = "time", value_name = "DURATION")]
+        time: Option<String>,
+    },
+    /// Send a signal to a sandbox's command (default KILL: ends the whole
+    /// sandbox at once)
+    Kill {
+        name: String,
+        /// A name (TERM, SIGHUP, ...) or a number
+        signal: Option<String>,
+    },
+    /// Print the output of a detached sandbox
+    Logs {
+        name: String,
+        /// Keep printing while the sandbox runs
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Remove what crashed runs left (state directories, cgroups) and the
+    /// records of detached sandboxes that exited; prints each item
+    Gc,
+    /// Run a sandbox as a systemd service (docs/services.md)
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Report which isolation features this host can enforce, and why not
     Doctor {
         /// Print the report as JSON
@@ -56,6 +99,82 @@ pub enum Command {
         /// Directory to write sandbox.1 and sandbox-*.1 into
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
+    },
+}
+
+/// `sandbox exec` options.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The sandbox's name
+    pub name: String,
+    /// Connect stdin (else the command reads /dev/null)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the command a terminal
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Set KEY=VALUE, or pass the caller's KEY (added to the command's
+    /// environment)
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<OsString>,
+    /// Working directory inside (default: the command's)
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<OsString>,
+    /// Ids inside the sandbox: UID[:GID] or root (must be mapped there;
+    /// default: the command's)
+    #[arg(short = 'u', long = "user", value_name = "UID[:GID]|root")]
+    pub user: Option<String>,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// `sandbox service ...`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Write (and load) a systemd unit sandbox-NAME.service whose main
+    /// process is `sandbox run --name NAME [RUN OPTIONS] -- COMMAND`
+    Install {
+        /// The service's and the sandbox's name
+        name: String,
+        /// A user unit (~/.config/systemd/user, systemctl --user) instead of
+        /// a system one (/etc/systemd/system)
+        #[arg(long = "user")]
+        user_unit: bool,
+        /// Also enable it (start at boot or login)
+        #[arg(long)]
+        enable: bool,
+        /// Restart= of the unit (default on-failure)
+        #[arg(long, value_name = "POLICY")]
+        restart: Option<String>,
+        /// Write the unit to this directory instead (it is not loaded)
+        #[arg(long, value_name = "DIR")]
+        unit_dir: Option<PathBuf>,
+        /// `sandbox run` options, then `--` and the command
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "RUN OPTIONS -- COMMAND"
+        )]
+        args: Vec<OsString>,
+    },
+    /// List the units written by `sandbox service install`
+    List {
+        #[arg(long = "user")]
+        user_unit: bool,
+    },
+    /// `systemctl status` of the unit
+    Status {
+        name: String,
+        #[arg(long = "user")]
+        user_unit: bool,
+    },
+    /// Stop and disable the unit and delete its file
+    Remove {
+        name: String,
+        #[arg(long = "user")]
+        user_unit: bool,
     },
 }
 
@@ -127,6 +246,17 @@ pub struct RunArgs {
     /// Sandbox name (default: a unique generated id)
     #[arg(short = 'n', long)]
     pub name: Option<String>,
+
+    /// Detach: print the name once the sandbox runs (and is ready) and
+    /// return; its output goes to journald, or to `sandbox logs`
+    #[arg(short = 'd', long, conflicts_with = "tty")]
+    pub detach: bool,
+
+    /// When the sandbox counts as ready (systemd READY=1, `run -d`
+    /// returning): started (default), tcp:PORT (127.0.0.1:PORT inside
+    /// accepts), or notify (the command gets $NOTIFY_SOCKET)
+    #[arg(long, value_name = "started|tcp:PORT|notify")]
+    pub ready: Option<String>,
 
     /// Network: none (loopback only) or host
     #[arg(long, value_enum, value_name = "MODE")]

@@ -7,6 +7,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use sandbox::cli::{Cli, Command};
 use sandbox::errors::EXIT_SANDBOX;
+use sandbox::lifecycle::client;
 
 fn main() {
     ensure_stdio();
@@ -14,6 +15,24 @@ fn main() {
         Ok(cli) => match cli.command {
             Command::Run(args) => sandbox::run::run(&args),
             Command::Doctor { json } => sandbox::doctor::run(json),
+            Command::Ps { json } => client::ps(json),
+            Command::Inspect { name } => client::inspect(&name),
+            Command::Exec(a) => client::exec(
+                &a.name,
+                &client::ExecOpts {
+                    interactive: a.interactive,
+                    tty: a.tty,
+                    env: a.env,
+                    workdir: a.workdir,
+                    user: a.user,
+                    command: a.command,
+                },
+            ),
+            Command::Stop { name, time } => client::stop(&name, time.as_deref()),
+            Command::Kill { name, signal } => client::kill(&name, signal.as_deref()),
+            Command::Logs { name, follow } => client::logs(&name, follow),
+            Command::Gc => client::gc(),
+            Command::Service(s) => sandbox::service::run(s),
             Command::Completions { shell } => {
                 clap_complete::generate(
                     shell,

@@ -13,6 +13,10 @@ use crate::errors::{
     signal_status, EXIT_CANNOT_EXEC, EXIT_GUEST, EXIT_NOT_FOUND, EXIT_OOM, EXIT_SANDBOX,
     EXIT_TIMEOUT,
 };
+use crate::lifecycle::notify::{self, Ready};
+use crate::lifecycle::record::{LogTarget, Phase, Record as StateRecord};
+use crate::lifecycle::supervisor::{Control, ExecBase, Tracker};
+use crate::lifecycle::{detach, Live};
 use crate::receipt::{self, Record};
 use crate::security::dac::{self, DacError};
 use crate::security::selinux::{self, LabelError, LabelMode};
@@ -44,6 +48,12 @@ pub enum RunError {
     StatusFd(i32),
     #[error("cannot set up signal handling: {0}")]
     Signals(String),
+    #[error(transparent)]
+    Ready(#[from] crate::lifecycle::notify::ReadyError),
+    #[error(transparent)]
+    StateDir(#[from] crate::lifecycle::dir::DirError),
+    #[error("{0}")]
+    Lifecycle(String),
 }
 
 impl RunError {
@@ -71,6 +81,10 @@ pub fn run(args: &RunArgs) -> i32 {
         ..RunCtx::default()
     };
     let result = run_inner(args, &caller, &mut spec_out, &mut ctx);
+    let mut live = ctx.live.take();
+    // A detached child that has not reported yet: its caller (the parent)
+    // prints the error, once.
+    let reported_by_parent = live.as_ref().is_some_and(|l| l.detach.is_some());
 
     let (code, status, timed_out) = match &result {
         Ok(o) if ctx.guest_failed => (
@@ -80,7 +94,9 @@ pub fn run(args: &RunArgs) -> i32 {
         ),
         Ok(o) => outcome_code(o),
         Err(e) => {
-            eprintln!("sandbox: {e}");
+            if !reported_by_parent {
+                eprintln!("sandbox: {e}");
+            }
             (e.exit_code(), json!({ "error": e.to_string() }), false)
         }
     };
@@ -130,6 +146,20 @@ pub fn run(args: &RunArgs) -> i32 {
     }
     .to_json();
     let mut code = code;
+    if let Some(l) = live.as_mut() {
+        let message = match &result {
+            Err(e) => e.to_string(),
+            Ok(Outcome {
+                status: Err(reason),
+                ..
+            }) => reason.clone(),
+            Ok(_) => String::new(),
+        };
+        l.finish(code, &message);
+    }
+    // A foreground run's state directory goes now (a detached run keeps
+    // its exited record).
+    drop(live);
     if let Some(path) = &args.receipt {
         if let Err(e) = receipt::write_file(path, &record) {
             eprintln!("sandbox: cannot write receipt {}: {}", path.display(), e);
@@ -161,6 +191,8 @@ struct RunCtx {
     vm_info: Option<Value>,
     /// When `run` started.
     t0: Option<Instant>,
+    /// The lifecycle of this run (state record, control socket, readiness).
+    live: Option<Live>,
 }
 
 fn outcome_code(o: &Outcome) -> (i32, Value, bool) {
@@ -190,12 +222,27 @@ fn run_inner(
         }
     }
     let mut spec = spec::resolve(args, caller)?;
+    let ready = args
+        .ready
+        .as_deref()
+        .map_or(Ok(Ready::Started), Ready::parse)?;
+    if spec.vm && (args.detach || ready != Ready::Started) {
+        return Err(RunError::Lifecycle(
+            "--detach and --ready are not supported with --vm yet (docs/services.md)".into(),
+        ));
+    }
     let _name = NameLock::acquire(&spec.name)?;
+    let live = ctx.live.insert(Live::new(ready));
+    begin_lifecycle(args, &mut spec, live)?;
     // Block the forwarded signals before the sandbox exists, so none is
     // lost between start and supervision.
     let sigfd = sys::signalfd_for(&session::FORWARDED)
         .map_err(|e| RunError::Signals(crate::errors::io_reason(&e)))?;
     if spec.vm {
+        // The VM backend has no control socket yet: ps and inspect see it,
+        // and systemd is told it is ready when the guest is launched.
+        live.set(Phase::Running);
+        live.now_ready();
         return run_vm(spec_out.insert(spec), &sigfd, ctx);
     }
     let (_dynamic, prepared) = dynamic_user(&mut spec, caller)?;
@@ -209,6 +256,9 @@ fn run_inner(
     } = start_with_cgroup(spec, prepared)?;
     ctx.enforced = Some(running.enforced);
     ctx.limits_not_enforced = not_enforced;
+    if let Some(live) = ctx.live.as_mut() {
+        sandbox_started(live, spec, &running, &ctx.limits_not_enforced);
+    }
     for feature in receipt::not_enforced(spec, Some(&running.enforced), &[]) {
         eprintln!(
             "sandbox: warning: {feature} is not available on this host and is not enforced \
@@ -225,6 +275,7 @@ fn run_inner(
         spec.timeout,
         spec.kill_after,
         cgroup.as_ref(),
+        ctx.live.as_mut(),
     );
     // init has been reaped, and it reaped every process of the sandbox, so
     // the launcher's children rusage covers the whole sandbox.
@@ -249,6 +300,118 @@ fn run_inner(
         "cgroup": cgroup_json,
     }));
     Ok(outcome)
+}
+
+/// The lifecycle before anything of the sandbox exists: detach (fork),
+/// the state directory and record (`creating`), the log, and the notify
+/// socket of `--ready notify`. A foreground run without a usable state
+/// directory still runs (with a warning: `ps`, `exec` and `stop` will not
+/// see it); a detached one, or one that needs the notify socket, fails.
+fn begin_lifecycle(args: &RunArgs, spec: &mut Spec, live: &mut Live) -> Result<(), RunError> {
+    let ready = live.ready;
+    let limits = &spec.limits;
+    let record = StateRecord {
+        name: spec.name.clone(),
+        backend: if spec.vm { "vm" } else { "namespace" }.into(),
+        state: Phase::Creating,
+        pid: std::process::id(),
+        init_pid: None,
+        started_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        command: spec
+            .argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        limits: json!({
+            "memory": args.memory, "cpus": args.cpus, "pids": args.pids,
+            "io_weight": args.io_weight,
+            "memory_bytes": limits.memory,
+        }),
+        detached: args.detach,
+        log: LogTarget::Inherited,
+        isolation: Value::Null,
+        exit_code: None,
+        exited_at: None,
+    };
+    let needed = args.detach || ready == Ready::Notify;
+    // Before the fork: a bad state directory is the caller's error.
+    let mut tracker = match Tracker::begin(record) {
+        Ok(t) => t,
+        Err(e) if !needed => {
+            eprintln!(
+                "sandbox: warning: {e}; `sandbox ps`, `exec` and `stop` will not see this sandbox"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.detach {
+        // The parent never returns from `fork` (nor drops the tracker).
+        live.detach = Some(detach::fork(&spec.name).map_err(RunError::Lifecycle)?);
+        spec.tty = false;
+        tracker.rec.pid = std::process::id();
+        live.tracker = Some(tracker);
+        let Some(tracker) = live.tracker.as_mut() else {
+            return Ok(());
+        };
+        tracker.rec.log =
+            detach::redirect_output(&spec.name, &tracker.dir).map_err(RunError::Lifecycle)?;
+        tracker.save()?;
+    } else {
+        live.tracker = Some(tracker);
+    }
+    let Some(tracker) = live.tracker.as_mut() else {
+        return Ok(());
+    };
+    if ready == Ready::Notify {
+        let relay = notify::Relay::bind(&tracker.dir.fd_path("notify")).map_err(|e| {
+            RunError::Lifecycle(format!(
+                "cannot create the notify socket in {}: {}",
+                tracker.dir.path().display(),
+                crate::errors::io_reason(&e)
+            ))
+        })?;
+        spec.mounts.push(MountSpec::Bind {
+            src: tracker.dir.path().join("notify"),
+            dst: notify::INNER_SOCKET.into(),
+            readonly: false,
+        });
+        spec.env.retain(|(k, _)| k != "NOTIFY_SOCKET");
+        spec.env
+            .push(("NOTIFY_SOCKET".into(), notify::INNER_SOCKET.into()));
+        live.notify = Some(relay);
+    }
+    Ok(())
+}
+
+/// The command runs: record it, open the control socket, and (default
+/// readiness) tell systemd and a detached caller.
+fn sandbox_started(live: &mut Live, spec: &Spec, running: &Running, limits: &[&'static str]) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(t) = live.tracker.as_mut() {
+        t.rec.init_pid = Some(running.init_pid);
+        t.rec.isolation = receipt::isolation(spec, Some(&running.enforced), limits);
+        let base = ExecBase {
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
+                .collect(),
+            cwd: spec.workdir.as_os_str().as_bytes().to_vec(),
+        };
+        match Control::bind(&t.dir, base) {
+            Ok(c) => live.control = Some(c),
+            Err(e) => eprintln!(
+                "sandbox: warning: cannot create the control socket in {}: {}; `sandbox exec` \
+                 and `stop` will not reach this sandbox",
+                t.dir.path().display(),
+                crate::errors::io_reason(&e)
+            ),
+        }
+    }
+    live.started();
 }
 
 /// The micro-VM backend: everything runs in this process (vCPU and device

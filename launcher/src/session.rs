@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use sandbox_proto::{ExitStatus, HostMsg, InitMsg};
 
 use crate::container::Running;
+use crate::lifecycle::supervisor::Action;
+use crate::lifecycle::{record::Phase as State, Live};
 use crate::sys;
 use crate::tty;
 
@@ -34,19 +36,24 @@ enum Phase {
     Killed,
 }
 
-/// Run the loop until init exits.
+/// Run the loop until init exits. `live` (lifecycle: control socket,
+/// readiness, state record) is polled alongside when given.
 pub fn supervise(
     run: &mut Running,
     sigfd: &OwnedFd,
     timeout: Option<Duration>,
     kill_after: Duration,
     cgroup: Option<&crate::cgroup::Cgroup>,
+    mut live: Option<&mut Live>,
 ) -> Outcome {
     let oom_poll = cgroup.and_then(|c| c.oom_poll());
     let mut oom = false;
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut phase = Phase::Running;
     let mut timed_out = false;
+    // `sandbox stop` or `sandbox kill NAME KILL`: a SIGKILL of init is the
+    // requested end, reported as death by SIGKILL (137).
+    let mut killed_on_request = false;
     let mut exited: Option<ExitStatus> = None;
     let mut bad_msg: Option<String> = None;
     let mut chan_open = true;
@@ -100,11 +107,27 @@ pub fn supervise(
                 revents: 0,
             },
         ];
+        let ctl_at = fds.len();
+        if let Some(l) = live.as_deref() {
+            fds.extend(l.control.as_ref().map(|c| c.pollfds()).unwrap_or_default());
+        }
+        let notify_at = fds.len();
+        if let Some(r) = live.as_deref().and_then(|l| l.notify.as_ref()) {
+            fds.push(libc::pollfd {
+                fd: r.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
         let now = Instant::now();
         let next = match phase {
             Phase::Running => deadline,
             Phase::Terminating { kill_at } => Some(kill_at),
             Phase::Killed => None,
+        };
+        let next = match (next, live.as_deref().and_then(Live::next_wakeup)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let wait_ms = next.map_or(-1, |d| {
             d.saturating_duration_since(now)
@@ -133,11 +156,61 @@ pub fn supervise(
             }
             _ => {}
         }
+        if let Some(l) = live.as_deref_mut() {
+            if let Some(port) = l.probe_due(now) {
+                let _ = run.chan.send(&HostMsg::ProbeTcp { port });
+            }
+            if fds.get(notify_at).is_some_and(|p| p.revents != 0)
+                && l.notify.as_ref().is_some_and(|r| r.pump())
+            {
+                l.now_ready();
+            }
+            let ended = exited.is_some() || !chan_open;
+            let actions = match l.control.as_mut() {
+                Some(c) => c.handle(&fds[ctl_at..notify_at], ended),
+                None => Vec::new(),
+            };
+            for a in actions {
+                match a {
+                    Action::Signal(libc::SIGKILL) => {
+                        let _ = sys::pidfd_send_signal(&run.pidfd, libc::SIGKILL);
+                        phase = Phase::Killed;
+                        killed_on_request = true;
+                    }
+                    Action::Signal(sig) => {
+                        let _ = run.chan.send(&HostMsg::Signal(sig));
+                    }
+                    Action::Stop(grace) => {
+                        if let Phase::Running = phase {
+                            killed_on_request = true;
+                            l.set(State::Stopping);
+                            let _ = run.chan.send(&HostMsg::Signal(libc::SIGTERM));
+                            phase = Phase::Terminating {
+                                kill_at: now + grace,
+                            };
+                        }
+                    }
+                    Action::Exec { id, spec, fds } => {
+                        let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                        let _ = run.chan.send_with_fds(&HostMsg::Exec { id, spec }, &raw);
+                    }
+                    Action::ExecSignal { id, sig } => {
+                        let _ = run.chan.send(&HostMsg::ExecSignal { id, sig });
+                    }
+                    Action::None => {}
+                }
+            }
+        }
         if fds[1].revents & libc::POLLIN != 0 {
             while let Some(sig) = sys::read_signal(sigfd) {
                 match (sig, master) {
                     (libc::SIGWINCH, Some(m)) => tty::copy_window_size(0, m),
                     _ => {
+                        if sig == libc::SIGTERM {
+                            if let Some(l) = live.as_deref_mut() {
+                                l.set(State::Stopping);
+                            }
+                        }
                         let _ = run.chan.send(&HostMsg::Signal(sig));
                     }
                 }
@@ -151,6 +224,24 @@ pub fn supervise(
             loop {
                 match run.chan.next_msg() {
                     Ok(Some(InitMsg::Exited(st))) => exited = Some(st),
+                    Ok(Some(InitMsg::Probe { open, .. })) => {
+                        if let Some(l) = live.as_deref_mut() {
+                            l.probed(open);
+                        }
+                    }
+                    Ok(Some(
+                        m @ (InitMsg::ExecStarted { .. }
+                        | InitMsg::ExecNotStarted { .. }
+                        | InitMsg::ExecExited { .. }),
+                    )) => {
+                        let fd = match m {
+                            InitMsg::ExecStarted { pty: true, .. } => run.chan.take_fd(),
+                            _ => None,
+                        };
+                        if let Some(c) = live.as_deref_mut().and_then(|l| l.control.as_mut()) {
+                            c.on_init(&m, fd);
+                        }
+                    }
                     Ok(Some(other)) => bad_msg = Some(format!("unexpected message {other:?}")),
                     Ok(None) => break,
                     Err(e) => {
@@ -190,6 +281,9 @@ pub fn supervise(
     oom = oom || cgroup.is_some_and(|c| c.usage().oom_kills > 0);
     let status = match exited {
         Some(st) => Ok(st),
+        None if killed_on_request && !timed_out && bad_msg.is_none() => {
+            Ok(ExitStatus::Signal(libc::SIGKILL))
+        }
         None => Err(match bad_msg {
             Some(m) => format!("sandbox-init failed: {m}"),
             None if timed_out => "the command did not stop in time and was killed".into(),

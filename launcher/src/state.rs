@@ -27,10 +27,26 @@ pub struct NameLock {
 
 impl NameLock {
     pub fn acquire(name: &str) -> Result<Self, StateError> {
-        // SAFETY: no preconditions.
-        let uid = unsafe { libc::geteuid() };
-        bind_abstract(&format!("sandbox/{uid}/name/{name}"), name).map(|sock| Self { _sock: sock })
+        bind_abstract(&name_key(name), name).map(|sock| Self { _sock: sock })
     }
+}
+
+fn name_key(name: &str) -> String {
+    // SAFETY: no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    format!("sandbox/{uid}/name/{name}")
+}
+
+/// Whether a live launcher holds `name`, read from `/proc/net/unix`
+/// without binding (so that asking never blocks a run taking the name).
+pub fn name_is_live(name: &str) -> bool {
+    let want = format!("@{}", name_key(name));
+    std::fs::read_to_string("/proc/net/unix")
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().nth(7) == Some(want.as_str()))
+        })
+        .unwrap_or(false)
 }
 
 /// Bind an abstract unix socket named `key`; `EADDRINUSE` means a live
@@ -105,7 +121,9 @@ mod tests {
             NameLock::acquire(&n),
             Err(StateError::NameInUse(_))
         ));
+        assert!(name_is_live(&n));
         drop(a);
+        assert!(!name_is_live(&n));
         NameLock::acquire(&n).unwrap();
     }
 }

@@ -15,6 +15,10 @@
 //! 3. init -> [`InitMsg::Started`] (or [`InitMsg::SetupFailed`] /
 //!    [`InitMsg::ExecFailed`] and exit),
 //! 4. any number of [`HostMsg::Signal`] / [`HostMsg::Resize`],
+//!    and, while the command runs (lifecycle, `sandbox exec` and
+//!    readiness probes): [`HostMsg::Exec`] -> [`InitMsg::ExecStarted`] or
+//!    [`InitMsg::ExecNotStarted`], later [`InitMsg::ExecExited`];
+//!    [`HostMsg::ExecSignal`]; [`HostMsg::ProbeTcp`] -> [`InitMsg::Probe`],
 //! 5. init -> [`InitMsg::Exited`], then init exits (in a VM: waits for the
 //!    launcher to close the channel, then reboots the guest; see [`vm`]).
 
@@ -26,7 +30,7 @@ pub mod unix;
 pub mod vm;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest frame either side accepts (argv + environment can approach
 /// `ARG_MAX`, 2 MiB on Linux, so leave room above that).
@@ -45,6 +49,43 @@ pub enum HostMsg {
     Signal(i32),
     /// The caller's terminal changed size (used where init owns the pty).
     Resize { rows: u16, cols: u16 },
+    /// Start one more process in the running sandbox with the command's
+    /// confinement (`sandbox exec`). Without a pty, its stdin, stdout and
+    /// stderr are attached to this frame (`SCM_RIGHTS`, three fds).
+    Exec { id: u32, spec: Box<ExecSpec> },
+    /// Deliver a signal to the exec'd process `id`.
+    ExecSignal { id: u32, sig: i32 },
+    /// Does a TCP connection to 127.0.0.1:`port` inside the sandbox
+    /// succeed? (readiness `--ready tcp:PORT`)
+    ProbeTcp { port: u16 },
+}
+
+/// What differs between the command and a process `sandbox exec` adds;
+/// everything else (namespaces, cgroup, user namespace, capabilities,
+/// Landlock, seccomp, label) is the command's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ExecSpec {
+    pub argv: Vec<Vec<u8>>,
+    /// The complete environment (the launcher merges the command's with
+    /// the caller's `-e`).
+    pub env: Vec<Vec<u8>>,
+    pub cwd: Vec<u8>,
+    /// Ids inside the command's user namespace; `None`: the command's.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// A pty of this size; its master is attached to `ExecStarted`.
+    pub tty: Option<TtySpec>,
+}
+
+/// Why an exec'd process did not start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecFailure {
+    Setup(SetupError),
+    Exec {
+        program: Vec<u8>,
+        errno: i32,
+        not_found: bool,
+    },
 }
 
 /// Messages from init to the launcher.
@@ -70,6 +111,14 @@ pub enum InitMsg {
     },
     /// The command ended; every other process in the sandbox is gone.
     Exited(ExitStatus),
+    /// The exec'd process `id` runs (with a pty: its master is attached).
+    ExecStarted { id: u32, pid: i32, pty: bool },
+    /// The exec'd process `id` could not be started.
+    ExecNotStarted { id: u32, failure: ExecFailure },
+    /// The exec'd process `id` ended.
+    ExecExited { id: u32, status: ExitStatus },
+    /// Answer to [`HostMsg::ProbeTcp`].
+    Probe { port: u16, open: bool },
 }
 
 /// What init could enforce, where the host kernel decides.
@@ -232,6 +281,17 @@ mod tests {
             HostMsg::Start(Box::new(sample_spec())),
             HostMsg::Signal(15),
             HostMsg::Resize { rows: 24, cols: 80 },
+            HostMsg::Exec {
+                id: 7,
+                spec: Box::new(ExecSpec {
+                    argv: vec![b"/bin/true".to_vec()],
+                    uid: Some(0),
+                    tty: Some(TtySpec { rows: 1, cols: 2 }),
+                    ..ExecSpec::default()
+                }),
+            },
+            HostMsg::ExecSignal { id: 7, sig: 15 },
+            HostMsg::ProbeTcp { port: 8080 },
         ];
         let mut fb = FrameBuf::new();
         for m in &host {
@@ -312,6 +372,37 @@ mod tests {
             } else {
                 assert_eq!(got, Some(msg.clone()));
             }
+        }
+    }
+
+    #[test]
+    fn exec_messages_roundtrip() {
+        let msgs = [
+            InitMsg::ExecStarted {
+                id: 1,
+                pid: 9,
+                pty: true,
+            },
+            InitMsg::ExecNotStarted {
+                id: 1,
+                failure: ExecFailure::Exec {
+                    program: b"x".to_vec(),
+                    errno: 2,
+                    not_found: true,
+                },
+            },
+            InitMsg::ExecExited {
+                id: 1,
+                status: ExitStatus::Signal(9),
+            },
+            InitMsg::Probe {
+                port: 80,
+                open: false,
+            },
+        ];
+        for m in &msgs {
+            let f = encode(m).unwrap();
+            assert_eq!(&decode::<InitMsg>(&f[HEADER_LEN..]).unwrap(), m);
         }
     }
 

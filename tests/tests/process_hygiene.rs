@@ -170,7 +170,9 @@ both! {
             let ok = t == "/dev/null"
                 || t.starts_with("socket:")
                 || t.starts_with("anon_inode:[signalfd]")
-                || t.starts_with("anon_inode:[pidfd]");
+                || t.starts_with("anon_inode:[pidfd]")
+                // The command's user namespace, kept for `sandbox exec`.
+                || t.starts_with("user:[");
             assert!(ok, "init holds an unexpected fd {fd} -> {t}: {targets:?}");
         }
         assert!(targets.len() <= 6, "init holds many fds: {targets:?}");
