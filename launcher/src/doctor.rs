@@ -120,7 +120,7 @@ pub fn checks() -> Vec<Check> {
             "kernel without CONFIG_SECCOMP_FILTER".into()
         },
     ));
-    let abi = landlock_abi();
+    let abi = crate::security::landlock::abi();
     out.push(Check {
         feature: "landlock",
         status: if abi > 0 { "ok" } else { "degraded" },
@@ -258,19 +258,6 @@ pub fn checks() -> Vec<Check> {
         },
     ));
     out
-}
-
-fn landlock_abi() -> i64 {
-    // SAFETY: the version query takes a null attribute and size 0.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32,
-        )
-    };
-    r.max(0)
 }
 
 /// Print the report; returns the exit status (0: a default run works).

@@ -21,7 +21,7 @@ use crate::receipt::{self, Record};
 use crate::security::dac::{self, DacError};
 use crate::security::selinux::{self, LabelError, LabelMode};
 use crate::session::{self, Outcome};
-use crate::spec::{self, Caller, MountSpec, Spec, SpecError, User};
+use crate::spec::{self, Caller, Landlock, MountSpec, Spec, SpecError, User};
 use crate::state::{NameLock, StateError};
 use crate::{sys, tty};
 use sandbox_proto::ExitStatus;
@@ -248,6 +248,14 @@ fn run_inner(
     let (_dynamic, prepared) = dynamic_user(&mut spec, caller)?;
     let _label = security_label(&mut spec, ctx)?;
     let spec: &Spec = spec_out.insert(spec);
+    // Warn before the command can print anything, so the warning is the
+    // first line a reader sees. init probes again and reports what it
+    // really applied; a feature not warned about here is warned about then.
+    let mut warned: Vec<&'static str> = Vec::new();
+    if spec.landlock == Landlock::Auto && crate::security::landlock::abi() == 0 {
+        warn_not_enforced("landlock");
+        warned.push("landlock");
+    }
     let before = children_rusage();
     let Started {
         mut running,
@@ -260,10 +268,9 @@ fn run_inner(
         sandbox_started(live, spec, &running, &ctx.limits_not_enforced);
     }
     for feature in receipt::not_enforced(spec, Some(&running.enforced), &[]) {
-        eprintln!(
-            "sandbox: warning: {feature} is not available on this host and is not enforced \
-             (see `sandbox doctor`; use --{feature} require to refuse running without it)"
-        );
+        if !warned.contains(&feature) {
+            warn_not_enforced(feature);
+        }
     }
     let _raw = match running.master {
         Some(_) if tty::is_tty(0) => tty::RawMode::enable(0),
@@ -738,4 +745,11 @@ fn children_rusage() -> (f64, i64) {
         ((ms(ru.ru_utime) + ms(ru.ru_stime)) * 1000.0).round() / 1000.0,
         ru.ru_maxrss,
     )
+}
+
+fn warn_not_enforced(feature: &str) {
+    eprintln!(
+        "sandbox: warning: {feature} is not available on this host and is not enforced \
+         (see `sandbox doctor`; use --{feature} require to refuse running without it)"
+    );
 }
