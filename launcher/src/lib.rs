@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod errors;
 pub mod fs_share;
 pub mod initbin;
+pub mod net;
 pub mod profile;
 pub mod receipt;
 pub mod run;
