@@ -27,6 +27,7 @@
 //! (see docs/network.md, "The VM backend").
 
 pub mod dns;
+pub mod log;
 pub mod nft;
 pub mod ns;
 pub mod pasta;
@@ -227,6 +228,12 @@ pub fn attach(policy: &Policy, name: &str, pid: libc::pid_t) -> Result<Active, N
     });
     let pasta = pasta?;
     fw?;
+    if policy.log_denied {
+        let sock = ns
+            .fetch_socket(ns::nflog_socket)
+            .map_err(|e| NetError::Firewall(format!("the NFLOG socket for --log-denied: {e}")))?;
+        log::spawn(sock).map_err(|e| NetError::Firewall(e.to_string()))?;
+    }
     // 4. the resolver.
     let sock = ns
         .fetch_socket(ns::dns_socket)

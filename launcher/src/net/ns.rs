@@ -180,3 +180,80 @@ pub fn dns_socket() -> RawFd {
         s
     }
 }
+
+/// An NFLOG socket bound to group [`super::nft::LOG_GROUP`] in the
+/// namespace, copying the first 128 bytes of each logged packet.
+/// Async-signal-safe: system calls on stack buffers. The fd or `-errno`.
+pub fn nflog_socket() -> RawFd {
+    const NFNL_SUBSYS_ULOG: u16 = 4;
+    const NFULNL_MSG_CONFIG: u16 = 1;
+    let group = super::nft::LOG_GROUP.to_be_bytes();
+    let ty = ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG).to_ne_bytes();
+    let flags = ((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes();
+    // nlmsghdr (16) + nfgenmsg (4) + one attribute (8 or 12).
+    let mut bind = [0u8; 28];
+    bind[0..4].copy_from_slice(&28u32.to_ne_bytes());
+    bind[4..6].copy_from_slice(&ty);
+    bind[6..8].copy_from_slice(&flags);
+    bind[18..20].copy_from_slice(&group);
+    bind[20..22].copy_from_slice(&5u16.to_ne_bytes()); // nla_len
+    bind[22..24].copy_from_slice(&1u16.to_ne_bytes()); // NFULA_CFG_CMD
+    bind[24] = 1; // NFULNL_CFG_CMD_BIND
+    let mut mode = [0u8; 40];
+    mode[0..4].copy_from_slice(&40u32.to_ne_bytes());
+    mode[4..6].copy_from_slice(&ty);
+    mode[6..8].copy_from_slice(&flags);
+    mode[8..12].copy_from_slice(&1u32.to_ne_bytes()); // seq
+    mode[18..20].copy_from_slice(&group);
+    mode[20..22].copy_from_slice(&10u16.to_ne_bytes());
+    mode[22..24].copy_from_slice(&2u16.to_ne_bytes()); // NFULA_CFG_MODE
+    mode[24..28].copy_from_slice(&128u32.to_be_bytes()); // copy range
+    mode[28] = 2; // NFULNL_COPY_PACKET
+                  // Flush after 10 ms (the default batches packets for a second).
+    mode[32..34].copy_from_slice(&8u16.to_ne_bytes());
+    mode[34..36].copy_from_slice(&4u16.to_ne_bytes()); // NFULA_CFG_TIMEOUT, 1/100 s
+    mode[36..40].copy_from_slice(&1u32.to_be_bytes());
+    // SAFETY: (whole block) plain system calls on stack buffers.
+    unsafe {
+        let s = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_NETFILTER,
+        );
+        if s < 0 {
+            return -*libc::__errno_location();
+        }
+        let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        let fail = |s: RawFd| -> RawFd {
+            let e = *libc::__errno_location();
+            libc::close(s);
+            -e
+        };
+        if libc::bind(
+            s,
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        ) != 0
+        {
+            return fail(s);
+        }
+        for msg in [&bind[..], &mode[..]] {
+            if libc::send(s, msg.as_ptr().cast(), msg.len(), 0) != msg.len() as isize {
+                return fail(s);
+            }
+            // The kernel's ack: an nlmsgerr whose error field is 0.
+            let mut ack = [0u8; 256];
+            let n = libc::recv(s, ack.as_mut_ptr().cast(), ack.len(), 0);
+            if n < 20 {
+                return fail(s);
+            }
+            let err = i32::from_ne_bytes([ack[16], ack[17], ack[18], ack[19]]);
+            if err != 0 {
+                libc::close(s);
+                return err;
+            }
+        }
+        s
+    }
+}
