@@ -10,8 +10,10 @@
 //!    (rootless: its own uid/gid as root of the namespace; as root: the
 //!    identity map), calls the `place` hook (cgroup v1: the launcher opens
 //!    the `tasks` file of every hierarchy used; init creates the cgroup
-//!    namespace itself, once inside), then sends the go byte with those
-//!    descriptors attached (`SCM_RIGHTS`);
+//!    namespace itself, once inside), with `--network nat` sets up the
+//!    network (`crate::net::attach`: pasta, the firewall, the resolver),
+//!    then sends the go byte with those descriptors attached
+//!    (`SCM_RIGHTS`);
 //! 4. the child (which has already moved the channel to fd 3 and closed
 //!    every other fd except stdio and init) writes `0` to each `tasks`
 //!    descriptor, which moves it into the sandbox cgroup, closes them and
