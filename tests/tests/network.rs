@@ -96,6 +96,29 @@ struct TestHost {
     /// `10.213.N`
     net: String,
     server: Option<Child>,
+    /// Holds the subnet for this process (`subnet_lock`).
+    _lock: std::fs::File,
+}
+
+/// A free `10.213.N.0/24` for this test process: the first N (from one
+/// derived from the pid) whose lock file this process can lock.
+fn subnet_lock(id: u32) -> Result<(u32, std::fs::File), String> {
+    use std::os::fd::AsRawFd;
+    for k in 0..250 {
+        let n = 1 + (id + k) % 250;
+        let path = format!("/var/tmp/sandbox-e2e-net-{n}.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{path}: {e}"))?;
+        // SAFETY: flock on an open file.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok((n, f));
+        }
+    }
+    Err("no free test subnet in 10.213.0.0/16".into())
 }
 
 impl TestHost {
@@ -111,7 +134,7 @@ impl TestHost {
             }
         }
         let id = std::process::id();
-        let n = 1 + id % 250;
+        let (n, lock) = subnet_lock(id)?;
         let ns = format!("sbt{id}");
         let veth = format!("sbt{id}h");
         let net = format!("10.213.{n}");
@@ -120,6 +143,7 @@ impl TestHost {
             veth: veth.clone(),
             net: net.clone(),
             server: None,
+            _lock: lock,
         };
         ip(&["netns", "add", &ns])?;
         ip(&[
@@ -489,5 +513,74 @@ both! {
         sb.signal(libc::SIGKILL);
         let _ = sb.kill_and_reap();
         wait_gone(&ns, "after the launcher was killed");
+    }
+}
+
+/// Processes named `name` (by `comm`).
+fn processes(name: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            (comm.trim() == name).then_some(pid)
+        })
+        .collect()
+}
+
+both! {
+    /// A network that cannot be set up (the published host port is taken)
+    /// is a start error (125, one line) and leaves no pasta, keeper or file.
+    fn a_failed_setup_leaves_nothing(who) {
+        let Some(h) = host_or_skip() else { return };
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        let before = (processes("passt.avx2"), processes("passt"), processes("sandbox-netkeep"));
+        let name = format!("netfail{}", std::process::id());
+        let out = Sandbox::run(who)
+            .env("SANDBOX_DNS_UPSTREAM", h.dns())
+            .args(["--name", &name, "--network", "nat", "--publish", &format!("127.0.0.1:{port}:80")])
+            .cmd(["/bin/true"])
+            .output();
+        out.assert_code(125);
+        out.assert_one_line_error();
+        out.assert_stderr_contains("pasta");
+        out.assert_stderr_contains(&port.to_string());
+        let after = (processes("passt.avx2"), processes("passt"), processes("sandbox-netkeep"));
+        let new: Vec<i32> = [(&before.0, &after.0), (&before.1, &after.1), (&before.2, &after.2)]
+            .iter()
+            .flat_map(|(b, a)| a.iter().filter(|p| !b.contains(p)).copied().collect::<Vec<_>>())
+            .collect();
+        assert!(new.is_empty(), "left running: {new:?}");
+        let dir = std::path::PathBuf::from(std::env::temp_dir()).join(format!("sandbox-net-{}", who.uid()));
+        let left: Vec<_> = std::fs::read_dir(&dir).into_iter().flatten().flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&name))
+            .collect();
+        assert!(left.is_empty(), "files left in {}: {left:?}", dir.display());
+        drop(taken);
+    }
+}
+
+both! {
+    /// `network = "nat"` and `allow = [...]` in a profile, with a command-
+    /// line rule added to the profile's.
+    fn profile_rules_apply(who) {
+        let Some(h) = host_or_skip() else { return };
+        let dir = std::path::PathBuf::from("/var/tmp").join(sandbox_e2e::unique("net-profile"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let profile = dir.join("p.toml");
+        std::fs::write(&profile, format!("network = \"nat\"\nallow = [\"{}:8080\"]\n", h.addr(2)))
+            .expect("profile");
+        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        let _ = std::fs::set_permissions(&profile, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        let p = profile.display().to_string();
+        let t = [("p", format!("{}:8080", h.addr(2))), ("cli", format!("{}:9000", h.addr(2))),
+                 ("none", format!("{}:8081", h.addr(2)))];
+        let got = probe(who, &h, &["-p", &p, "--allow", &format!("{}:9000", h.addr(2))], &t);
+        expect(&got, &[("p", "ok"), ("cli", "ok"), ("none", "ECONNREFUSED")]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

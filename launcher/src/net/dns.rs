@@ -160,6 +160,8 @@ impl Resolver {
             log_denied,
         } = self;
         let sock = UdpSocket::from(sock);
+        // (rule, address) pairs already in the firewall's sets.
+        let mut added: std::collections::HashSet<(usize, IpAddr)> = Default::default();
         let mut buf = [0u8; 1500];
         while let Ok((n, peer)) = sock.recv_from(&mut buf) {
             let q = &buf[..n];
@@ -186,13 +188,23 @@ impl Resolver {
                 let addrs = answer_addrs(&answer).unwrap_or_default();
                 let script: String = matching
                     .iter()
-                    .map(|i| super::nft::add_elements(*i, &addrs))
+                    .map(|i| {
+                        let new: Vec<IpAddr> = addrs
+                            .iter()
+                            .copied()
+                            .filter(|a| !added.contains(&(*i, *a)))
+                            .collect();
+                        super::nft::add_elements(*i, &new)
+                    })
                     .collect();
                 if !script.is_empty() && super::nft::apply(&ns, &script).is_err() {
                     // Without the addresses in the sets, the answer would
                     // lead nowhere: refuse rather than half-work.
                     let _ = sock.send_to(&refused(q, qend), peer);
                     continue;
+                }
+                for i in &matching {
+                    added.extend(addrs.iter().map(|a| (*i, *a)));
                 }
             }
             let _ = sock.send_to(&answer, peer);
