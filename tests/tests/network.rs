@@ -554,7 +554,7 @@ both! {
             .flat_map(|(b, a)| a.iter().filter(|p| !b.contains(p)).copied().collect::<Vec<_>>())
             .collect();
         assert!(new.is_empty(), "left running: {new:?}");
-        let dir = std::path::PathBuf::from(std::env::temp_dir()).join(format!("sandbox-net-{}", who.uid()));
+        let dir = std::env::temp_dir().join(format!("sandbox-net-{}", who.uid()));
         let left: Vec<_> = std::fs::read_dir(&dir).into_iter().flatten().flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with(&name))
