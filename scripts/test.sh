@@ -12,8 +12,11 @@ log() { printf '\n==> %s\n' "$*"; }
 
 need_pkgs=()
 # qemu-system-x86, linux-image-amd64, busybox-static and cpio are for the
-# nested lab (tests/lab): cgroup v2 is tested there.
+# nested lab (tests/lab): cgroup v2 is tested there. passt (pasta),
+# nftables and iperf3 are for --network nat (tests/tests/network.rs,
+# bench/network.sh).
 for p in bubblewrap hyperfine util-linux iproute2 procps time python3 \
+    passt nftables iperf3 \
     qemu-system-x86 linux-image-amd64 busybox-static cpio \
     selinux-policy-default policycoreutils; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")

@@ -183,8 +183,11 @@ pub enum ServiceCommand {
 pub enum NetworkArg {
     /// Loopback only (own network namespace)
     None,
-    /// The host's network namespace (no network isolation)
+    /// The host's network namespace (no network isolation; namespace backend only)
     Host,
+    /// Own network namespace with outbound access through a user-mode NAT
+    /// (pasta); egress rules with --allow (docs/network.md)
+    Nat,
 }
 
 /// Seccomp levels accepted on the command line.
@@ -258,9 +261,26 @@ pub struct RunArgs {
     #[arg(long, value_name = "started|tcp:PORT|notify")]
     pub ready: Option<String>,
 
-    /// Network: none (loopback only) or host
+    /// Network: none (loopback only, the default), nat (outbound through
+    /// NAT; the host's addresses, loopback and link-local stay blocked) or
+    /// host
     #[arg(long, value_enum, value_name = "MODE")]
     pub network: Option<NetworkArg>,
+
+    /// With --network nat: allow egress to RULE only (repeatable): a CIDR,
+    /// an address, HOST:PORT[-PORT], a port or port range, or a DNS name
+    /// (*.NAME for names below it); /tcp or /udp may follow
+    #[arg(long = "allow", value_name = "RULE")]
+    pub allow: Vec<String>,
+
+    /// With --network nat: forward [HOSTADDR:]HOSTPORT to PORT in the
+    /// sandbox (repeatable; /tcp, the default, or /udp)
+    #[arg(long = "publish", value_name = "[HOSTADDR:]HOSTPORT:PORT[/PROTO]")]
+    pub publish: Vec<String>,
+
+    /// With --network nat: report refused connections and DNS names on stderr
+    #[arg(long = "log-denied")]
+    pub log_denied: bool,
 
     /// Give the command a terminal (default: when stdin is a terminal)
     #[arg(short = 't', long, conflicts_with = "no_tty")]

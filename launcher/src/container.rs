@@ -10,8 +10,10 @@
 //!    (rootless: its own uid/gid as root of the namespace; as root: the
 //!    identity map), calls the `place` hook (cgroup v1: the launcher opens
 //!    the `tasks` file of every hierarchy used; init creates the cgroup
-//!    namespace itself, once inside), then sends the go byte with those
-//!    descriptors attached (`SCM_RIGHTS`);
+//!    namespace itself, once inside), with `--network nat` sets up the
+//!    network (`crate::net::attach`: pasta, the firewall, the resolver),
+//!    then sends the go byte with those descriptors attached
+//!    (`SCM_RIGHTS`);
 //! 4. the child (which has already moved the channel to fd 3 and closed
 //!    every other fd except stdio and init) writes `0` to each `tasks`
 //!    descriptor, which moves it into the sandbox cgroup, closes them and
@@ -51,6 +53,8 @@ pub enum StartError {
     Protocol(String),
     #[error(transparent)]
     Chan(#[from] ChanError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     #[error("{}", setup_message(.0))]
     Setup(SetupError),
     #[error("{}: {}", String::from_utf8_lossy(.program), exec_reason(*.errno, *.not_found))]
@@ -109,6 +113,8 @@ pub struct Running {
     pub command_pid: i32,
     /// What init reported as enforced.
     pub enforced: Enforced,
+    /// The network of `--network nat` (stopped when dropped).
+    pub net: Option<crate::net::Active>,
 }
 
 /// Kills and reaps init if setup does not complete.
@@ -128,7 +134,7 @@ impl Drop for InitGuard {
 /// The namespaces every sandbox gets (the network one unless `host`).
 pub fn namespaces(spec: &Spec) -> Vec<&'static str> {
     let mut v = vec!["user", "mount", "pid", "ipc", "uts", "cgroup"];
-    if spec.network == Network::None {
+    if spec.network.own_netns() {
         v.push("net");
     }
     v
@@ -217,7 +223,7 @@ pub fn init_spec(spec: &Spec, caller_uid: u32, prepared: &[usize]) -> InitSpec {
         hostname: spec.hostname.as_bytes().to_vec(),
         fs: FsSpec {
             root: RootSource::HostBind,
-            sys: if spec.network == Network::None {
+            sys: if spec.network.own_netns() {
                 SysMode::Fresh
             } else {
                 SysMode::HostReadOnly
@@ -226,9 +232,9 @@ pub fn init_spec(spec: &Spec, caller_uid: u32, prepared: &[usize]) -> InitSpec {
             masked: spec.masked.iter().map(|p| bytes(p)).collect(),
             readonly: spec.readonly.iter().map(|p| bytes(p)).collect(),
             scratch_size: spec.scratch_size,
-            cgroup2: spec.network == Network::None && host_is_cgroup2(),
+            cgroup2: spec.network.own_netns() && host_is_cgroup2(),
         },
-        loopback_up: spec.network == Network::None,
+        loopback_up: spec.network.own_netns(),
         tty,
         confine: Confine {
             caps: spec.cap_add.clone(),
@@ -325,7 +331,7 @@ pub fn start(
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_PIDFD;
-    if spec.network == Network::None {
+    if spec.network.own_netns() {
         flags |= libc::CLONE_NEWNET;
     }
     let argv0 = c"sandbox-init";
@@ -402,6 +408,11 @@ pub fn start(
             reason: format!("{} cgroup hierarchies, at most {GO_MAX_FDS}", tasks.len()),
         });
     }
+    // The network is in place before init may run anything.
+    let mut net = match spec.network {
+        Network::Nat => Some(crate::net::attach(&spec.net, &spec.name, init_pid)?),
+        Network::None | Network::Host => None,
+    };
     let raw: Vec<RawFd> = tasks.iter().map(AsRawFd::as_raw_fd).collect();
     send_go(parent_end.as_raw_fd(), &raw).map_err(sys_err("control channel"))?;
     drop(tasks);
@@ -441,10 +452,15 @@ pub fn start(
 
     let indices: Vec<usize> = prepared.iter().map(|(i, _)| *i).collect();
     let fds: Vec<RawFd> = prepared.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
-    chan.send_with_fds(
-        &HostMsg::Start(Box::new(init_spec(spec, uid, &indices))),
-        &fds,
-    )?;
+    let mut ispec = init_spec(spec, uid, &indices);
+    if let Some(resolv) = net.as_ref().and_then(|n| n.resolv_conf.as_ref()) {
+        ispec.fs.mounts.push(Mount::Bind {
+            src: bytes(resolv),
+            dst: b"/etc/resolv.conf".to_vec(),
+            readonly: true,
+        });
+    }
+    chan.send_with_fds(&HostMsg::Start(Box::new(ispec)), &fds)?;
     drop(prepared);
     match chan.recv()? {
         InitMsg::Started { pid, pty, enforced } => {
@@ -459,6 +475,9 @@ pub fn start(
                 .pidfd
                 .take()
                 .ok_or(StartError::Protocol("no pidfd".into()))?;
+            if let Some(n) = net.as_mut() {
+                n.started();
+            }
             Ok(Running {
                 pidfd,
                 init_pid,
@@ -466,6 +485,7 @@ pub fn start(
                 master,
                 command_pid: pid,
                 enforced,
+                net,
             })
         }
         InitMsg::SetupFailed(e) => Err(StartError::Setup(e)),

@@ -247,6 +247,21 @@ pub fn checks() -> Vec<Check> {
         },
         required: false,
     });
+    let tools: Vec<String> = [("pasta", "passt"), ("nft", "nftables")]
+        .iter()
+        .filter(|(p, _)| crate::net::find_program(p).is_none())
+        .map(|(p, pkg)| format!("{p} (Debian package {pkg})"))
+        .collect();
+    out.push(check(
+        "network nat (--network nat)",
+        tools.is_empty(),
+        false,
+        if tools.is_empty() {
+            "pasta and nft found".into()
+        } else {
+            format!("missing: {}", tools.join(", "))
+        },
+    ));
     let init = crate::initbin::open();
     out.push(check(
         "sandbox-init",

@@ -11,6 +11,7 @@ pub mod errors;
 pub mod fs_share;
 pub mod initbin;
 pub mod lifecycle;
+pub mod net;
 pub mod profile;
 pub mod receipt;
 pub mod run;

@@ -57,8 +57,11 @@ pub enum ProfileError {
 pub struct Profile {
     /// Free text shown by tools.
     pub description: Option<String>,
-    /// `none` or `host`.
+    /// `none`, `nat` or `host`.
     pub network: Option<Spanned<String>>,
+    /// Egress rules of `network = "nat"`, same syntax as `--allow`.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
     pub hostname: Option<Spanned<String>>,
     /// `UID[:GID]` or `root`.
     pub user: Option<Spanned<String>>,

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::container::namespaces;
 use crate::security::{caps, seccomp};
-use crate::spec::{Landlock, Network, Spec};
+use crate::spec::{Landlock, Spec};
 use sandbox_proto::Enforced;
 
 /// Isolation features asked for that this run could not enforce.
@@ -66,10 +66,11 @@ pub fn isolation(spec: &Spec, enforced: Option<&Enforced>, limits: &[&'static st
             "root_filesystem": "host, read-only, nosuid, nodev",
             "scratch": ["/tmp", "/run", "/dev/shm"],
             "proc": "private, masked",
-            "sys": if spec.network == Network::None { "private, read-only" } else { "host, read-only" },
+            "sys": if spec.network.own_netns() { "private, read-only" } else { "host, read-only" },
             "dev": "minimal (null, zero, full, random, urandom, tty, pts, shm)",
             "masked_paths": spec.masked,
             "network": spec.network.as_str(),
+            "network_rules": crate::net::receipt(spec.network.as_str(), &spec.net, None),
             "user": { "uid": spec.user.uid, "gid": spec.user.gid, "dynamic": spec.dynamic_user },
             "capabilities": spec.cap_add.iter().map(|c| caps::name(*c)).collect::<Vec<_>>(),
             "landlock": landlock,

@@ -115,6 +115,9 @@ impl Landlock {
 pub enum Network {
     None,
     Host,
+    /// Own network namespace, outbound through a user-mode NAT
+    /// (`crate::net`), with the egress rules of `Spec::net`.
+    Nat,
 }
 
 impl Network {
@@ -122,7 +125,13 @@ impl Network {
         match self {
             Network::None => "none",
             Network::Host => "host",
+            Network::Nat => "nat",
         }
+    }
+
+    /// Whether the sandbox gets its own network namespace.
+    pub fn own_netns(self) -> bool {
+        self != Network::Host
     }
 }
 
@@ -160,6 +169,8 @@ pub struct Spec {
     pub user: User,
     pub hostname: String,
     pub network: Network,
+    /// Egress rules, published ports, `--log-denied` (only with `Nat`).
+    pub net: crate::net::Policy,
     pub mounts: Vec<MountSpec>,
     pub masked: Vec<PathBuf>,
     pub readonly: Vec<PathBuf>,
@@ -578,13 +589,16 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
     let network = match (args.network, &p.network) {
         (Some(NetworkArg::None), _) => Network::None,
         (Some(NetworkArg::Host), _) => Network::Host,
+        (Some(NetworkArg::Nat), _) => Network::Nat,
         (None, Some(n)) => match n.get_ref().as_str() {
             "none" => Network::None,
             "host" => Network::Host,
-            _ => return Err(at(n, "expected \"none\" or \"host\"".into())),
+            "nat" => Network::Nat,
+            _ => return Err(at(n, "expected \"none\", \"nat\" or \"host\"".into())),
         },
         (None, None) => Network::None,
     };
+    let net = resolve_net(args, loaded, network)?;
 
     let hostname = match (&args.hostname, &p.hostname) {
         (Some(h), _) => {
@@ -740,6 +754,7 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
         user,
         hostname,
         network,
+        net,
         mounts,
         masked,
         readonly: READONLY_PATHS.iter().map(PathBuf::from).collect(),
@@ -758,6 +773,64 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
         security_label,
         exec_label: None,
     })
+}
+
+/// `--allow` (profile rules first), `--publish`, `--log-denied`: only with
+/// `--network nat`.
+fn resolve_net(
+    args: &RunArgs,
+    loaded: &Loaded,
+    network: Network,
+) -> Result<crate::net::Policy, SpecError> {
+    use crate::net::rule;
+    let mut policy = crate::net::Policy {
+        log_denied: args.log_denied,
+        ..Default::default()
+    };
+    for r in &loaded.profile.allow {
+        policy
+            .allow
+            .push(rule::parse_rule(r.get_ref()).map_err(|why| {
+                SpecError::from(
+                    loaded.error_at(r.span(), format!("invalid value '{}': {why}", r.get_ref())),
+                )
+            })?);
+    }
+    for r in &args.allow {
+        policy
+            .allow
+            .push(rule::parse_rule(r).map_err(|why| invalid("--allow rule", r, why))?);
+    }
+    for p in &args.publish {
+        let parsed = rule::parse_publish(p).map_err(|why| invalid("--publish", p, why))?;
+        if policy
+            .publish
+            .iter()
+            .any(|q| q.host_port == parsed.host_port && q.proto == parsed.proto)
+        {
+            return Err(invalid(
+                "--publish",
+                p,
+                "this host port is already published",
+            ));
+        }
+        policy.publish.push(parsed);
+    }
+    if network != Network::Nat {
+        let used = [
+            (!policy.allow.is_empty(), "--allow (or a profile's allow)"),
+            (!policy.publish.is_empty(), "--publish"),
+            (policy.log_denied, "--log-denied"),
+        ];
+        if let Some((_, what)) = used.iter().find(|(u, _)| *u) {
+            return Err(invalid(
+                "network",
+                network.as_str(),
+                format!("{what} needs --network nat"),
+            ));
+        }
+    }
+    Ok(policy)
 }
 
 fn resolve_limits(args: &RunArgs, loaded: &Loaded) -> Result<crate::cgroup::Limits, SpecError> {
@@ -1069,10 +1142,46 @@ mod tests {
             .to_string();
         assert!(err.starts_with("t.toml:2:16: "), "{err}");
         let l = profile::parse("t", "t.toml", "network = \"nat\"".into()).unwrap();
+        let s = resolve_with(&args(&["true"]), &l, &caller()).unwrap();
+        assert_eq!(s.network, Network::Nat);
+        let l = profile::parse("t", "t.toml", "network = \"bridge\"".into()).unwrap();
         let err = resolve_with(&args(&["true"]), &l, &caller())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("expected \"none\" or \"host\""), "{err}");
+        assert!(
+            err.contains("expected \"none\", \"nat\" or \"host\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn network_rules_need_nat() {
+        let mut a = args(&["true"]);
+        a.allow = vec!["10.0.0.0/8".into()];
+        let err = resolve_with(&a, &default_profile(), &caller())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--allow") && err.contains("--network nat"),
+            "{err}"
+        );
+        a.network = Some(NetworkArg::Nat);
+        a.publish = vec!["8080:80".into(), "127.0.0.1:8080:81".into()];
+        assert!(resolve_with(&a, &default_profile(), &caller()).is_err());
+        a.publish.pop();
+        let s = resolve_with(&a, &default_profile(), &caller()).unwrap();
+        assert_eq!(s.net.allow.len(), 1);
+        assert_eq!(s.net.publish[0].port, 80);
+        a.allow = vec!["bogus".into()];
+        let err = resolve_with(&a, &default_profile(), &caller())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'bogus'") && err.contains("CIDR"), "{err}");
+        let l = profile::parse("t", "t.toml", "network = \"nat\"\nallow = [\"x\"]".into()).unwrap();
+        let err = resolve_with(&args(&["true"]), &l, &caller())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("t.toml:2:"), "{err}");
     }
 
     #[test]

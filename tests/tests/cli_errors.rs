@@ -198,7 +198,10 @@ both! {
     fn usage_errors_are_125(who) {
         let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
             (vec!["run", "--bogus", "--", "true"], vec!["--bogus"]),
-            (vec!["run", "--network", "nat", "--", "true"], vec!["nat", "none", "host"]),
+            (vec!["run", "--network", "bridge", "--", "true"], vec!["bridge", "none", "nat", "host"]),
+            (vec!["run", "--allow", "10.0.0.1", "--", "true"], vec!["--allow", "--network nat"]),
+            (vec!["run", "--network", "nat", "--allow", "10.0.0.999", "--", "true"], vec!["'10.0.0.999'", "CIDR"]),
+            (vec!["run", "--network", "nat", "--publish", "80", "--", "true"], vec!["'80'", "HOSTPORT:PORT"]),
             (vec!["run", "--timeout", "-1", "--", "true"], vec!["-1"]),
             (vec!["run"], vec!["COMMAND"]),
             (vec!["run", "--"], vec!["COMMAND"]),
@@ -274,9 +277,9 @@ fn bad_profiles() -> Vec<(&'static str, &'static str, usize, Vec<&'static str>)>
         ),
         (
             "network",
-            "\n\nnetwork = \"nat\"\n",
+            "\n\nnetwork = \"bridge\"\n",
             3,
-            vec!["'nat'", "none", "host"],
+            vec!["'bridge'", "none", "nat", "host"],
         ),
         (
             "timeout",

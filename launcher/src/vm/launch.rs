@@ -120,6 +120,13 @@ fn check_supported(spec: &Spec) -> Result<Vec<&'static str>, VmError> {
                 .into(),
         ));
     }
+    if spec.network == Network::Nat {
+        return Err(VmError::Unsupported(
+            "--network nat is not available with --vm yet (the guest has no network device; \
+             docs/network.md, \"The VM backend\"); use the namespace backend"
+                .into(),
+        ));
+    }
     if spec.dynamic_user {
         return Err(VmError::Unsupported(
             "--user dynamic is not available with --vm yet; the guest is already its own \
