@@ -14,6 +14,7 @@ fn main() {
         Ok(cli) => match cli.command {
             Command::Run(args) => sandbox::run::run(&args),
             Command::Doctor { json } => sandbox::doctor::run(json),
+            Command::Snapshot(cmd) => sandbox::vm::snapshot::cmd::run(cmd),
             Command::Completions { shell } => {
                 clap_complete::generate(
                     shell,

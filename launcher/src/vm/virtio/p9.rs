@@ -77,6 +77,8 @@ pub struct P9Server {
     req: Vec<u8>,
     out: Vec<u8>,
     writable: Vec<WritableBuf>,
+    /// Requests served so far (a share that served none has no state).
+    pub served: u64,
 }
 
 impl std::fmt::Debug for P9Server {
@@ -94,6 +96,7 @@ impl P9Server {
             req: Vec::new(),
             out: Vec::new(),
             writable: Vec::new(),
+            served: 0,
         }
     }
 
@@ -113,6 +116,7 @@ impl P9Server {
 
 impl ChainServer for P9Server {
     fn serve(&mut self, mem: &Mem, chain: DescriptorChain<&Mem>) -> u32 {
+        self.served += 1;
         let limit = self.handler.max_msize().min(MSIZE_CAP) as usize;
         let Ok(parts) = queue::split_chain(chain, limit, &mut self.req, &mut self.writable) else {
             return 0;
@@ -206,6 +210,25 @@ impl VirtioDevice for P9 {
                 self.server = Some(server);
                 Err(e)
             }
+        }
+    }
+
+    fn pause(&mut self) -> Result<Vec<super::QueuePos>, String> {
+        let Some(w) = self.worker.take() else {
+            return Ok(Vec::new());
+        };
+        match w.stop() {
+            // The share's state is its fids: a snapshot is only taken
+            // before the guest sent its first request (docs/snapshots.md).
+            Some((server, _)) if server.served > 0 => Err(format!(
+                "the 9p share has served {} requests: its open files cannot be saved",
+                server.served
+            )),
+            Some((server, queue)) => {
+                self.server = Some(server);
+                Ok(vec![super::QueuePos::of(0, &queue)])
+            }
+            None => Err("the virtio-9p worker panicked".into()),
         }
     }
 
