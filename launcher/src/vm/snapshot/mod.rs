@@ -12,3 +12,4 @@
 pub mod cmd;
 pub mod format;
 pub mod store;
+pub mod synthetic;

@@ -223,7 +223,7 @@ fn test_delay() {
 /// Write guest memory to a new file in `dir`: only pages that are not
 /// all zeros are written (the file is sparse; guest pages never touched
 /// read as zeros). The machine is paused: nothing writes guest memory.
-fn write_memory(dir: &Path, label: &str, mem: &Mem) -> Result<(String, u64), StoreError> {
+pub fn write_memory(dir: &Path, label: &str, mem: &Mem) -> Result<(String, u64), StoreError> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
     let name = format!("memory-{}-{}", now_ms(), std::process::id());
     let path = dir.join(&name);
