@@ -585,6 +585,7 @@ pub fn open_kvm() -> Result<kvm_ioctls::Kvm, VmError> {
 /// given, the snapshot's.
 fn run_shape(spec: &Spec) -> Result<(u8, u32), VmError> {
     if let VmBoot::From(name) = &spec.vm_boot {
+        store::check_name(name)?;
         if spec.limits.cpus.is_none() && spec.limits.memory.is_none() {
             let s = store::read_state(name, &store::root()?.join(name))?;
             return Ok((s.shape.cpus, s.shape.memory_mib));

@@ -417,3 +417,103 @@ pub fn remove(root: &Path, name: &str) -> Result<(), StoreError> {
     }
     std::fs::remove_dir(&dir).map_err(io(name, format!("cannot remove {}", dir.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::snapshot::format::tests::sample;
+
+    fn root(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sb-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    const MSRS: &[u32] = &[0x10];
+
+    /// A root with snapshot "s" saved from a 256 MiB guest.
+    fn with_one(tag: &str) -> (PathBuf, Mem) {
+        let r = root(tag);
+        let mem = crate::vm::memory::create(256).unwrap();
+        save(&r, "s", sample(), &mem).unwrap();
+        (r, mem)
+    }
+
+    #[test]
+    fn save_load_list_remove() {
+        let r = root("basic");
+        let mem = crate::vm::memory::create(256).unwrap();
+        use vm_memory::Bytes;
+        mem.write_slice(b"guest data", vm_memory::GuestAddress(0x5000))
+            .unwrap();
+        let dir = save(&r, "one", sample(), &mem).unwrap();
+        let l = load(&r, "one", Some(MSRS)).unwrap();
+        assert_eq!(l.checked.snapshot.memory_bytes, 256 << 20);
+        let mut buf = [0u8; 10];
+        l.memory.read_exact_at(&mut buf, 0x5000).unwrap();
+        assert_eq!(&buf, b"guest data");
+        // Sparse: far less on disk than the guest's 256 MiB.
+        let listed = list(&r).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].state.is_ok());
+        assert!(listed[0].disk_bytes < 1 << 20, "{}", listed[0].disk_bytes);
+        remove(&r, "one").unwrap();
+        assert!(!dir.exists());
+        assert!(matches!(load(&r, "one", None), Err(StoreError::Missing(_))));
+        assert!(matches!(remove(&r, "one"), Err(StoreError::Missing(_))));
+        let _ = std::fs::remove_dir_all(&r);
+    }
+
+    #[test]
+    fn an_interrupted_write_leaves_the_previous_snapshot() {
+        let (r, mem) = with_one("crash");
+        let before = std::fs::read(r.join("s/state")).unwrap();
+        // What a writer killed before its rename leaves: a new memory file
+        // and a temporary state.
+        std::fs::write(r.join("s/memory-1-999"), b"partial").unwrap();
+        std::fs::write(r.join("s/.state.tmp-999"), b"half a state").unwrap();
+        let l = load(&r, "s", Some(MSRS)).unwrap();
+        assert_ne!(l.checked.snapshot.memory_file, "memory-1-999");
+        assert_eq!(std::fs::read(r.join("s/state")).unwrap(), before);
+        // The next write succeeds; young leftovers are left alone.
+        save(&r, "s", sample(), &mem).unwrap();
+        assert!(load(&r, "s", Some(MSRS)).is_ok());
+        assert!(r.join("s/memory-1-999").exists());
+        let _ = std::fs::remove_dir_all(&r);
+    }
+
+    #[test]
+    fn refusals() {
+        let (r, _mem) = with_one("refuse");
+        for bad in ["", ".", "..", "../x", "a/b", "-x", &"x".repeat(65)] {
+            assert!(
+                matches!(load(&r, bad, None), Err(StoreError::Name(_))),
+                "{bad}"
+            );
+        }
+        // A memory file of the wrong length.
+        let name = load(&r, "s", Some(MSRS))
+            .unwrap()
+            .checked
+            .snapshot
+            .memory_file;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(r.join("s").join(&name))
+            .unwrap();
+        f.set_len(4096).unwrap();
+        let e = load(&r, "s", Some(MSRS)).unwrap_err();
+        assert!(e.to_string().contains("memory file"), "{e}");
+        // A state that is a symlink is not followed.
+        std::fs::remove_file(r.join("s/state")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", r.join("s/state")).unwrap();
+        let e = load(&r, "s", Some(MSRS)).unwrap_err();
+        assert!(matches!(e, StoreError::Io { .. }), "{e}");
+        // A damaged state is refused with the reason.
+        std::fs::remove_file(r.join("s/state")).unwrap();
+        std::fs::write(r.join("s/state"), b"SBXSNAP\0garbage").unwrap();
+        let e = load(&r, "s", Some(MSRS)).unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
+        let _ = std::fs::remove_dir_all(&r);
+    }
+}
