@@ -203,7 +203,7 @@ pub fn make_unique(v: &sandbox_proto::VmStart) {
     let (sec, nsec) = v.realtime;
     if sec > 0 && nsec < 1_000_000_000 {
         let ts = libc::timespec {
-            tv_sec: sec as libc::time_t,
+            tv_sec: sec as _,
             tv_nsec: nsec as _,
         };
         // SAFETY: a valid timespec.
