@@ -59,7 +59,7 @@ fn main() {
 
 /// The common flow of both backends; returns init's exit code. `early` is
 /// a failure of the VM-only steps, reported right after `Hello`.
-fn run(backend: Backend, early: Option<StepError>) -> i32 {
+fn run(backend: Backend, mut early: Option<StepError>) -> i32 {
     // If the launcher dies, so do we (and with us the whole PID namespace).
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -71,26 +71,44 @@ fn run(backend: Backend, early: Option<StepError>) -> i32 {
             return EXIT_SETUP_FAILED;
         }
     };
-    if chan::send(
-        &InitMsg::Hello {
-            version: PROTOCOL_VERSION,
-        },
-        None,
-    )
-    .is_err()
-    {
-        return EXIT_LAUNCHER_GONE;
-    }
-    if let Some(e) = early {
-        let _ = chan::send(&InitMsg::SetupFailed(e.into_proto()), None);
-        return EXIT_SETUP_FAILED;
-    }
-    let mut rx = Receiver::default();
-    let spec = match rx.read_once() {
-        Recv::Msg(HostMsg::Start(spec)) => spec,
-        Recv::Closed => return EXIT_LAUNCHER_GONE,
-        Recv::Msg(_) | Recv::Bad => return EXIT_PROTOCOL,
+    // In a VM, a guest resumed from a snapshot finds its connections
+    // reset (the host posts a vsock transport reset): it connects again
+    // and says Hello to the new host (docs/snapshots.md).
+    let mut reconnects = 0;
+    let (spec, mut rx) = loop {
+        if chan::send(
+            &InitMsg::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            None,
+        )
+        .is_err()
+        {
+            return EXIT_LAUNCHER_GONE;
+        }
+        if let Some(e) = early.take() {
+            let _ = chan::send(&InitMsg::SetupFailed(e.into_proto()), None);
+            return EXIT_SETUP_FAILED;
+        }
+        let mut rx = Receiver::default();
+        match rx.read_once() {
+            Recv::Msg(HostMsg::Start(spec)) => break (spec, rx),
+            Recv::Closed if backend == Backend::Vm && reconnects < vm::MAX_RECONNECTS => {
+                reconnects += 1;
+                if let Err(e) = vm::reconnect() {
+                    vm::log(&format!("cannot reconnect after a transport reset: {e}"));
+                    return EXIT_LAUNCHER_GONE;
+                }
+            }
+            Recv::Closed => return EXIT_LAUNCHER_GONE,
+            Recv::Msg(_) | Recv::Bad => return EXIT_PROTOCOL,
+        }
     };
+    if let Some(v) = spec.vm.as_ref() {
+        if backend == Backend::Vm {
+            vm::make_unique(v);
+        }
+    }
 
     vm::trace("start received");
     let prepared = rx.take_fds().into_iter().map(Some).collect();

@@ -163,6 +163,75 @@ pub fn boot() -> Option<StepError> {
     mounted.err().or(stdio.err())
 }
 
+/// How often init connects again after its connections were reset
+/// before `Start` (one resume needs one).
+pub const MAX_RECONNECTS: u32 = 3;
+
+/// Connect the control channel and the stdio streams again, onto the
+/// same descriptor numbers: the guest was resumed from a snapshot and
+/// the host's vsock transport reset dropped every connection. Errors are
+/// errnos.
+pub fn reconnect() -> Result<(), Errno> {
+    connect_onto(CONTROL_PORT, chan::CTRL_FD, None)?;
+    for (port, fd, how) in [
+        (STDIN_PORT, 0, libc::SHUT_WR),
+        (STDOUT_PORT, 1, libc::SHUT_RD),
+        (STDERR_PORT, 2, libc::SHUT_RD),
+    ] {
+        connect_onto(port, fd, Some(how))?;
+    }
+    Ok(())
+}
+
+/// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Clone safety of a guest that may have been resumed from a snapshot
+/// other guests share (docs/snapshots.md): the host's fresh entropy is
+/// added to the random pool (credited) and the CRNG reseeded from it, so
+/// that no two guests produce the same random numbers; the wall clock is
+/// set from the host's. Failures are logged, not fatal: the guest is still
+/// isolated, and the kernel log says what went wrong.
+pub fn make_unique(v: &sandbox_proto::VmStart) {
+    let entropy = &v.entropy[..v.entropy.len().min(512)];
+    if !entropy.is_empty() {
+        match sys::open(c"/dev/urandom", libc::O_WRONLY) {
+            Ok(fd) => {
+                // struct rand_pool_info { int entropy_count; int buf_size; u32 buf[]; }
+                let mut info = Vec::with_capacity(8 + entropy.len());
+                info.extend_from_slice(&((entropy.len() * 8) as i32).to_ne_bytes());
+                info.extend_from_slice(&(entropy.len() as i32).to_ne_bytes());
+                info.extend_from_slice(entropy);
+                // SAFETY: the ioctl reads the header and buf_size bytes
+                // after it, all inside `info`.
+                let r = unsafe { libc::ioctl(fd.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) };
+                if r != 0 {
+                    log(&format!("RNDADDENTROPY failed: errno {}", sys::errno()));
+                }
+                // SAFETY: an ioctl without argument.
+                let r = unsafe { libc::ioctl(fd.as_raw_fd(), RNDRESEEDCRNG as _, 0) };
+                if r != 0 {
+                    log(&format!("RNDRESEEDCRNG failed: errno {}", sys::errno()));
+                }
+            }
+            Err(e) => log(&format!("cannot open /dev/urandom: errno {e}")),
+        }
+    }
+    let (sec, nsec) = v.realtime;
+    if sec > 0 && nsec < 1_000_000_000 {
+        let ts = libc::timespec {
+            tv_sec: sec as _,
+            tv_nsec: nsec as _,
+        };
+        // SAFETY: a valid timespec.
+        if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+            log(&format!("clock_settime failed: errno {}", sys::errno()));
+        }
+    }
+}
+
 fn step(step: &'static str, path: &'static str) -> impl Fn(Errno) -> StepError {
     move |e| StepError::new(step, path, e)
 }

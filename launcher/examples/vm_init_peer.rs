@@ -205,6 +205,7 @@ fn serve(args: &[String]) -> i32 {
         loopback_up: true,
         tty: tty.then_some(TtySpec { rows: 24, cols: 80 }),
         confine: Default::default(),
+        vm: None,
     };
     let mut started = false;
     let mut status: Option<ExitStatus> = None;

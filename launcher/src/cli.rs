@@ -89,6 +89,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage micro-VM snapshots (warm guests `run --vm` resumes from)
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Print a shell completion script to stdout
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -176,6 +179,45 @@ pub enum ServiceCommand {
         #[arg(long = "user")]
         user_unit: bool,
     },
+}
+
+/// `sandbox snapshot ...`.
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+pub enum SnapshotCommand {
+    /// Boot a micro-VM to the point where init is ready for a command and
+    /// save it as NAME (default: the automatic snapshot of that VM shape).
+    /// The run options that shape the VM apply: --kernel, --cpus, --memory,
+    /// and the number of volumes
+    Create(SnapshotCreateArgs),
+    /// List snapshots (name, shape, size on disk, created)
+    List {
+        /// Print the list as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the snapshot NAME
+    Rm { name: String },
+}
+
+/// The run options that shape a micro-VM, for `snapshot create`.
+#[derive(Debug, Args, Default)]
+pub struct SnapshotCreateArgs {
+    /// Snapshot name (A-Z a-z 0-9 . _ -; default: the VM shape's automatic one)
+    pub name: Option<String>,
+    /// Guest kernel (a vmlinux ELF or a bzImage)
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Guest memory (e.g. 256m, 1g)
+    #[arg(short = 'm', long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// vCPUs (rounded up)
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Volumes as `run` takes them: their number shapes the VM (one share
+    /// each); which host paths they are is chosen by each run
+    #[arg(short = 'v', long = "volume", value_name = "HOST[:DEST][:ro|:rw]")]
+    pub volume: Vec<OsString>,
 }
 
 /// Network modes accepted on the command line.
@@ -302,6 +344,15 @@ pub struct RunArgs {
     /// Guest kernel for --vm (a vmlinux ELF or a bzImage)
     #[arg(long, value_name = "PATH", requires = "vm")]
     pub kernel: Option<PathBuf>,
+
+    /// --vm: boot the kernel instead of resuming this VM shape's warm
+    /// snapshot (docs/snapshots.md)
+    #[arg(long, requires = "vm", conflicts_with = "from")]
+    pub cold: bool,
+
+    /// --vm: resume the snapshot NAME (made by `sandbox snapshot create`)
+    #[arg(long, value_name = "NAME", requires = "vm")]
+    pub from: Option<String>,
 
     /// Memory limit of the whole sandbox, swap included (e.g. 512m, 2g);
     /// exceeding it kills the sandbox (exit status 123)

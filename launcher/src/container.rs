@@ -242,6 +242,7 @@ pub fn init_spec(spec: &Spec, caller_uid: u32, prepared: &[usize]) -> InitSpec {
             landlock: landlock_spec(spec),
             exec_label: spec.exec_label.clone(),
         },
+        vm: None,
     }
 }
 

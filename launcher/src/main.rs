@@ -33,6 +33,7 @@ fn main() {
             Command::Logs { name, follow } => client::logs(&name, follow),
             Command::Gc => client::gc(),
             Command::Service(s) => sandbox::service::run(s),
+            Command::Snapshot(cmd) => sandbox::vm::snapshot::cmd::run(cmd),
             Command::Completions { shell } => {
                 clap_complete::generate(
                     shell,

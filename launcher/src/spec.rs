@@ -157,6 +157,18 @@ pub struct User {
     pub gid: u32,
 }
 
+/// How a micro-VM starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum VmBoot {
+    /// Resume this shape's automatic snapshot, creating it on first use.
+    #[default]
+    Auto,
+    /// Boot the kernel (`--cold`).
+    Cold,
+    /// Resume the named snapshot (`--from NAME`).
+    From(String),
+}
+
 /// The validated, backend-neutral description of one sandbox.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -190,6 +202,8 @@ pub struct Spec {
     /// Run in a micro-VM (`--vm`), with this guest kernel if given.
     pub vm: bool,
     pub vm_kernel: Option<PathBuf>,
+    /// How the micro-VM starts (`--cold`, `--from NAME`; docs/snapshots.md).
+    pub vm_boot: VmBoot,
     /// `--user dynamic`: `user` is filled in by the launcher from the
     /// configured range once the id is locked.
     pub dynamic_user: bool,
@@ -770,6 +784,11 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
         dynamic_user,
         vm: args.vm,
         vm_kernel: args.kernel.clone(),
+        vm_boot: match (&args.from, args.cold) {
+            (Some(name), _) => VmBoot::From(name.clone()),
+            (None, true) => VmBoot::Cold,
+            (None, false) => VmBoot::Auto,
+        },
         security_label,
         exec_label: None,
     })

@@ -30,7 +30,7 @@ pub mod unix;
 pub mod vm;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Largest frame either side accepts (argv + environment can approach
 /// `ARG_MAX`, 2 MiB on Linux, so leave room above that).

@@ -29,6 +29,21 @@ pub struct InitSpec {
     pub tty: Option<TtySpec>,
     /// Confinement applied to the command just before `execve`.
     pub confine: Confine,
+    /// Micro-VM only: what makes this guest its own machine even when it
+    /// was resumed from a snapshot shared with others.
+    pub vm: Option<VmStart>,
+}
+
+/// Given to a micro-VM's init with `Start` (docs/snapshots.md, clone
+/// safety): init mixes `entropy` into the guest's random pool and
+/// reseeds it, and sets `CLOCK_REALTIME`, before anything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct VmStart {
+    /// Fresh random bytes from the host (`getrandom`), 32 or more.
+    pub entropy: Vec<u8>,
+    /// The host's wall clock when `Start` was sent: seconds and
+    /// nanoseconds since the Unix epoch.
+    pub realtime: (i64, u32),
 }
 
 /// Privileges of the command.

@@ -12,8 +12,9 @@
 
 use sandbox_e2e::*;
 
-#[test]
-fn vm_backend_end_to_end_in_the_lab() {
+/// Run `lab/vm-e2e.sh` in one lab boot, its runs resuming snapshots
+/// (`resume`) or booting cold (`cold`).
+fn vm_e2e(mode: &str) {
     if let Some(why) = lab_unavailable() {
         skip!("{why}");
     }
@@ -25,11 +26,25 @@ fn vm_backend_end_to_end_in_the_lab() {
         Err(e) => skip!("{e}"),
     };
     let sandbox = bins_for_others().sandbox.display().to_string();
-    // About fifty nested VM boots, each a few seconds under TCG.
+    // About fifty nested VM runs, cold boots a few seconds each under TCG.
     run_lab_checks(
         &["--kvm", "--timeout", "2400"],
         "",
         "vm-e2e.sh",
-        &[sandbox, uid.to_string()],
+        &[sandbox, uid.to_string(), mode.into()],
     );
+}
+
+/// Every run resumes its VM shape's snapshot, as `sandbox run --vm` does
+/// by default (the first of each shape makes it).
+#[test]
+fn vm_backend_end_to_end_in_the_lab() {
+    vm_e2e("resume");
+}
+
+/// The same suite with every run booting cold (`--cold`): the results
+/// must be those of the resumed runs (docs/snapshots.md).
+#[test]
+fn vm_backend_end_to_end_cold_boot_in_the_lab() {
+    vm_e2e("cold");
 }

@@ -25,7 +25,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use sandbox_proto::{vm as ports, InitSpec, Mount, RootSource, SysMode};
 
-use super::machine::{Console, Machine, MachineConfig};
+use super::machine::{Console, Machine, MachineConfig, ResumeConfig};
+use super::snapshot::format::{Shape, Snapshot};
+use super::snapshot::store;
 use super::virtio::mmio::MmioTransport;
 use super::virtio::p9::P9;
 use super::virtio::rng::Rng;
@@ -34,7 +36,7 @@ use super::virtio::VirtioDevice;
 use super::{host, initramfs, kernel, supervise, VmError};
 use crate::fs_share;
 use crate::session::Outcome;
-use crate::spec::{MountSpec, Network, Spec};
+use crate::spec::{MountSpec, Network, Spec, VmBoot};
 
 /// Guest memory when `--memory` is not given.
 pub const DEFAULT_MEMORY_MIB: u32 = 512;
@@ -73,10 +75,16 @@ pub struct VmReport {
     pub timings: Option<super::machine::BootTimings>,
     /// Setup in the guest failed (reported like the namespace backend's).
     pub start_error: Option<crate::container::StartError>,
+    /// How the VM started: "cold", "resumed" (from `snapshot`), or
+    /// "snapshot-created" (this shape's automatic snapshot was made
+    /// first, in `snapshot_created_ms`, then resumed).
+    pub boot: &'static str,
+    pub snapshot: Option<String>,
+    pub snapshot_created_ms: Option<f64>,
 }
 
 /// How the guest is sized.
-fn shape(spec: &Spec) -> Result<(u8, u32), VmError> {
+pub fn shape(spec: &Spec) -> Result<(u8, u32), VmError> {
     let cpus = match spec.limits.cpus {
         None => DEFAULT_CPUS,
         Some(c) => {
@@ -202,53 +210,34 @@ fn dup(fd: i32) -> Result<OwnedFd, VmError> {
 
 /// Put one device on the machine behind a virtio-mmio transport.
 /// `stop` becomes readable when the VM is torn down; each device's worker
-/// then exits.
+/// then exits. The transport is returned for snapshots.
 fn attach(
     machine: &mut Machine,
     dev: Box<dyn VirtioDevice>,
     stop: &EventFd,
-) -> Result<(), VmError> {
+) -> Result<Arc<MmioTransport>, VmError> {
     let stop = stop
         .try_clone()
         .map_err(|e| VmError::Setup(format!("eventfd: {}", crate::errors::io_reason(&e))))?;
+    let mut out = None;
     machine
-        .add_virtio_mmio(move |mem, interrupt| {
+        .add_virtio_mmio(|mem, interrupt| {
             let t = MmioTransport::new(dev, mem, interrupt).map_err(|e| e.to_string())?;
             t.set_stop_event(stop);
             let kicks = t.queue_kicks().map_err(|e| crate::errors::io_reason(&e))?;
-            Ok::<_, String>((Arc::new(t) as Arc<dyn super::bus::BusDevice>, kicks))
+            let t = Arc::new(t);
+            out = Some(t.clone());
+            Ok::<_, String>((t as Arc<dyn super::bus::BusDevice>, kicks))
         })
-        .map(|_slot| ())
-        .map_err(VmError::from)
+        .map_err(VmError::from)?;
+    out.ok_or_else(|| VmError::Setup("the device was not attached".into()))
 }
 
-/// Run `spec` in a micro-VM; `sigfd` has the forwarded signals.
-pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcome, VmError> {
-    let t0 = Instant::now();
-    let kvm = match host::check() {
-        Err(host::HostError::Pvm)
-            if std::env::var_os("SANDBOX_VM_ALLOW_PVM").is_some_and(|v| v == "1") =>
-        {
-            eprintln!(
-                "sandbox: warning: SANDBOX_VM_ALLOW_PVM=1: creating the VM on this PVM host to \
-                 measure start-up; the guest cannot boot here"
-            );
-            host::check_allowing_pvm()?
-        }
-        r => r?,
-    }
-    .into_kvm();
-    let guest_kernel = kernel::find(spec.vm_kernel.as_deref())?;
-    report.kernel = guest_kernel.path.display().to_string();
-    report.not_enforced = check_supported(spec)?;
-    let (vcpus, memory_mib) = shape(spec)?;
-    report.vcpus = vcpus;
-    report.memory_mib = memory_mib;
+/// The exports: the host root read-only, then each bind volume; and the
+/// (tag, mount index) of each volume share.
+type Exports = (Vec<(String, fs_share::Server)>, Vec<(String, usize)>);
 
-    let init = initramfs::init_binary()?;
-    let image = initramfs::build(&init)?;
-
-    // The exports: the host root read-only, then each bind volume.
+fn open_exports(spec: &Spec) -> Result<Exports, VmError> {
     let mut shares = Vec::new();
     let mut servers = vec![(
         ports::ROOT_TAG.to_string(),
@@ -264,22 +253,11 @@ pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcom
             shares.push((tag, i));
         }
     }
-    let init_spec = guest_init_spec(spec, &shares);
+    Ok((servers, shares))
+}
 
-    let (host_end, device_end) = crate::sys::socketpair()
-        .map_err(|e| VmError::Setup(format!("socketpair: {}", crate::errors::io_reason(&e))))?;
-    let vsock = Vsock::new(VsockConfig {
-        guest_cid: ports::GUEST_CID as u64,
-        ports: vec![
-            (ports::CONTROL_PORT, Endpoint::Stream(device_end)),
-            (ports::STDIN_PORT, Endpoint::Input(dup(0)?)),
-            (ports::STDOUT_PORT, Endpoint::Output(dup(1)?)),
-            (ports::STDERR_PORT, Endpoint::Output(dup(2)?)),
-        ],
-    })?;
-    let vsock_handle = vsock.handle();
-
-    let console = match std::env::var_os("SANDBOX_VM_CONSOLE") {
+fn console() -> Result<Console, VmError> {
+    Ok(match std::env::var_os("SANDBOX_VM_CONSOLE") {
         Some(v) if v == "stderr" => Console::Stderr,
         Some(v) if !v.is_empty() => Console::File(
             std::fs::OpenOptions::new()
@@ -295,9 +273,110 @@ pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcom
                 })?,
         ),
         _ => Console::Discard,
+    })
+}
+
+/// A started machine with what the launcher keeps of it.
+struct Built {
+    running: super::machine::RunningMachine,
+    transports: Vec<Arc<MmioTransport>>,
+    host_end: OwnedFd,
+    vsock: super::virtio::vsock::VsockHandle,
+    stop: EventFd,
+}
+
+/// The command's stdio for the vsock ports: the caller's, or /dev/null
+/// while a snapshot is being made.
+fn stdio(real: bool) -> Result<[OwnedFd; 3], VmError> {
+    if real {
+        return Ok([dup(0)?, dup(1)?, dup(2)?]);
+    }
+    let null = |write: bool| {
+        std::fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| VmError::Setup(format!("/dev/null: {}", crate::errors::io_reason(&e))))
     };
-    let mut machine = Machine::new(
-        &kvm,
+    Ok([null(false)?, null(true)?, null(true)?])
+}
+
+/// Add the devices (rng, vsock, the shares; this order is part of the
+/// snapshot format), restore their saved state when resuming, start.
+fn assemble(
+    mut machine: Machine,
+    servers: Vec<(String, fs_share::Server)>,
+    io: [OwnedFd; 3],
+    saved: Option<&[super::virtio::mmio::TransportState]>,
+) -> Result<Built, VmError> {
+    let (host_end, device_end) = crate::sys::socketpair()
+        .map_err(|e| VmError::Setup(format!("socketpair: {}", crate::errors::io_reason(&e))))?;
+    let [i0, o1, o2] = io;
+    let mut vsock = Vsock::new(VsockConfig {
+        guest_cid: ports::GUEST_CID as u64,
+        ports: vec![
+            (ports::CONTROL_PORT, Endpoint::Stream(device_end)),
+            (ports::STDIN_PORT, Endpoint::Input(i0)),
+            (ports::STDOUT_PORT, Endpoint::Output(o1)),
+            (ports::STDERR_PORT, Endpoint::Output(o2)),
+        ],
+    })?;
+    if saved.is_some() {
+        vsock.set_resumed();
+    }
+    let vsock_handle = vsock.handle();
+    let stop = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| VmError::Setup(format!("eventfd: {}", crate::errors::io_reason(&e))))?;
+    let mut transports = vec![
+        attach(&mut machine, Box::new(Rng::new()), &stop)?,
+        attach(&mut machine, Box::new(vsock), &stop)?,
+    ];
+    for (tag, server) in servers {
+        transports.push(attach(
+            &mut machine,
+            Box::new(P9::new(&tag, Box::new(server))?),
+            &stop,
+        )?);
+    }
+    if let Some(saved) = saved {
+        if saved.len() != transports.len() {
+            return Err(VmError::Snapshot(format!(
+                "the snapshot has {} devices, this run {}",
+                saved.len(),
+                transports.len()
+            )));
+        }
+        for (t, st) in transports.iter().zip(saved) {
+            t.restore(st).map_err(VmError::Snapshot)?;
+        }
+    }
+    let running = machine.start()?;
+    if saved.is_some() {
+        for t in &transports {
+            t.resumed();
+        }
+    }
+    Ok(Built {
+        running,
+        transports,
+        host_end,
+        vsock: vsock_handle,
+        stop,
+    })
+}
+
+/// A cold machine: kernel, initramfs with init, boot data.
+fn cold_machine(
+    kvm: &kvm_ioctls::Kvm,
+    guest_kernel: &kernel::GuestKernel,
+    vcpus: u8,
+    memory_mib: u32,
+) -> Result<Machine, VmError> {
+    let init = initramfs::init_binary()?;
+    let image = initramfs::build(&init)?;
+    Ok(Machine::new(
+        kvm,
         MachineConfig {
             kernel: guest_kernel.path.clone(),
             kernel_format: guest_kernel.format,
@@ -307,34 +386,294 @@ pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcom
             cmdline: std::env::var("SANDBOX_VM_CMDLINE").unwrap_or_default(),
             init_args: vec![ports::INIT_VM_ARG.to_string()],
             initramfs: image,
-            console,
+            console: console()?,
         },
-    )?;
-    let stop = EventFd::new(libc::EFD_NONBLOCK)
-        .map_err(|e| VmError::Setup(format!("eventfd: {}", crate::errors::io_reason(&e))))?;
-    attach(&mut machine, Box::new(Rng::new()), &stop)?;
-    attach(&mut machine, Box::new(vsock), &stop)?;
-    for (tag, server) in servers {
-        attach(
-            &mut machine,
-            Box::new(P9::new(&tag, Box::new(server))?),
-            &stop,
-        )?;
+    )?)
+}
+
+/// Identity of a file for a snapshot's shape: size, mtime, inode.
+fn file_id(p: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(p) {
+        Ok(m) => format!("{}:{}.{}:{}", m.size(), m.mtime(), m.mtime_nsec(), m.ino()),
+        Err(_) => "missing".into(),
     }
-    let running = machine.start()?;
+}
+
+/// The VM shape of this run (what a snapshot must match).
+pub fn vm_shape(
+    spec: &Spec,
+    guest_kernel: &kernel::GuestKernel,
+    vcpus: u8,
+    memory_mib: u32,
+) -> Shape {
+    let init = std::env::var_os("SANDBOX_INIT")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            crate::initbin::candidates()
+                .into_iter()
+                .find(|c| c.is_file())
+        });
+    let volumes = spec
+        .mounts
+        .iter()
+        .filter(|m| matches!(m, MountSpec::Bind { .. }))
+        .count();
+    Shape {
+        cpus: vcpus,
+        memory_mib,
+        volumes: volumes.min(u16::MAX as usize) as u16,
+        kernel: guest_kernel.path.display().to_string(),
+        kernel_id: file_id(&guest_kernel.path),
+        init_id: init.as_deref().map_or_else(|| "missing".into(), file_id),
+        cmdline: std::env::var("SANDBOX_VM_CMDLINE").unwrap_or_default(),
+        protocol: sandbox_proto::PROTOCOL_VERSION,
+    }
+}
+
+/// How long a snapshot's cold boot may take to reach init's `Hello`.
+const SNAPSHOT_BOOT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Boot cold to init's `Hello` and save the machine as `name`.
+pub fn create_snapshot(
+    kvm: &kvm_ioctls::Kvm,
+    spec: &Spec,
+    shape: &Shape,
+    guest_kernel: &kernel::GuestKernel,
+    root: &std::path::Path,
+    name: &str,
+) -> Result<std::path::PathBuf, VmError> {
+    store::check_name(name)?;
+    let (servers, _) = open_exports(spec)?;
+    let machine = cold_machine(kvm, guest_kernel, shape.cpus, shape.memory_mib)?;
+    let built = assemble(machine, servers, stdio(false)?, None)?;
+    let mut chan = crate::chan::Channel::new(built.host_end);
+    supervise::wait_hello(&mut chan, &built.running, SNAPSHOT_BOOT_LIMIT)
+        .map_err(VmError::Snapshot)?;
+    let vcpus = built.running.pause()?;
+    let _ = built.stop.write(1);
+    let devices = built
+        .transports
+        .iter()
+        .map(|t| t.save())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(VmError::Snapshot)?;
+    let state = built.running.save(kvm, &vcpus)?;
+    let snap = Snapshot {
+        shape: shape.clone(),
+        created_ms: 0,
+        memory_file: String::new(),
+        memory_bytes: 0,
+        vcpus: state.vcpus,
+        vm: state.vm,
+        serial: state.serial,
+        devices,
+    };
+    let dir = store::save(root, name, snap, &built.running.memory())?;
+    drop(vcpus);
+    Ok(dir)
+}
+
+fn known_msrs(kvm: &kvm_ioctls::Kvm) -> Result<Vec<u32>, VmError> {
+    kvm.get_msr_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .map_err(|e| VmError::Setup(format!("KVM_GET_MSR_INDEX_LIST: {e}")))
+}
+
+/// The snapshot this run resumes, if any (see docs/snapshots.md):
+/// `--from NAME`; none with `--cold`; else this shape's automatic one,
+/// created on first use. A broken automatic snapshot is replaced; one
+/// that cannot be made is reported and the run boots cold.
+fn pick_snapshot(
+    kvm: &kvm_ioctls::Kvm,
+    spec: &Spec,
+    shape: &Shape,
+    guest_kernel: &kernel::GuestKernel,
+    report: &mut VmReport,
+) -> Result<Option<store::Loaded>, VmError> {
+    if std::env::var_os("SANDBOX_VM_ALLOW_PVM").is_some_and(|v| v == "1") {
+        // The start-up benchmark on a PVM host: nothing boots far enough.
+        return Ok(None);
+    }
+    let msrs = known_msrs(kvm)?;
+    let name = match &spec.vm_boot {
+        VmBoot::Cold => return Ok(None),
+        VmBoot::From(name) => {
+            let l = store::load(&store::root()?, name, Some(&msrs))?;
+            check_shape(name, &l.checked.snapshot.shape, shape)?;
+            return Ok(Some(l));
+        }
+        VmBoot::Auto => shape.key(),
+    };
+    let root = match store::root() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sandbox: warning: {e}; booting cold");
+            return Ok(None);
+        }
+    };
+    match store::load(&root, &name, Some(&msrs)) {
+        Ok(l) if l.checked.snapshot.shape == *shape => return Ok(Some(l)),
+        Ok(_) | Err(store::StoreError::Missing(_)) => {}
+        Err(e) => eprintln!("sandbox: warning: {e}; making it again"),
+    }
+    let t = Instant::now();
+    match create_snapshot(kvm, spec, shape, guest_kernel, &root, &name) {
+        Ok(_) => {
+            report.snapshot_created_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
+            store::load(&root, &name, Some(&msrs))
+                .map(Some)
+                .or_else(|e| {
+                    eprintln!("sandbox: warning: {e}; booting cold");
+                    Ok(None)
+                })
+        }
+        Err(e) => {
+            eprintln!(
+                "sandbox: warning: cannot make the warm snapshot of this VM shape ({e}); \
+                 booting cold"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// `--from NAME` only runs in the shape the snapshot was made for.
+fn check_shape(name: &str, saved: &Shape, this: &Shape) -> Result<(), VmError> {
+    let diff = |what: &str, a: String, b: String| {
+        Err(VmError::Unsupported(format!(
+            "snapshot {name:?} was made with {what} {a}, this run has {b}; run with the same \
+             options or make a snapshot for these (`sandbox snapshot create`)"
+        )))
+    };
+    if saved.cpus != this.cpus {
+        return diff("--cpus", saved.cpus.to_string(), this.cpus.to_string());
+    }
+    if saved.memory_mib != this.memory_mib {
+        return diff(
+            "--memory",
+            format!("{}m", saved.memory_mib),
+            format!("{}m", this.memory_mib),
+        );
+    }
+    if saved.volumes != this.volumes {
+        return diff(
+            "volumes:",
+            saved.volumes.to_string(),
+            this.volumes.to_string(),
+        );
+    }
+    if (&saved.kernel, &saved.kernel_id) != (&this.kernel, &this.kernel_id) {
+        return diff("the kernel", saved.kernel.clone(), this.kernel.clone());
+    }
+    if saved != this {
+        return diff(
+            "another sandbox-init, protocol or SANDBOX_VM_CMDLINE:",
+            format!("{}/{}", saved.init_id, saved.protocol),
+            format!("{}/{}", this.init_id, this.protocol),
+        );
+    }
+    Ok(())
+}
+
+pub fn open_kvm() -> Result<kvm_ioctls::Kvm, VmError> {
+    Ok(match host::check() {
+        Err(host::HostError::Pvm)
+            if std::env::var_os("SANDBOX_VM_ALLOW_PVM").is_some_and(|v| v == "1") =>
+        {
+            eprintln!(
+                "sandbox: warning: SANDBOX_VM_ALLOW_PVM=1: creating the VM on this PVM host to \
+                 measure start-up; the guest cannot boot here"
+            );
+            host::check_allowing_pvm()?
+        }
+        r => r?,
+    }
+    .into_kvm())
+}
+
+/// The guest's shape: `--cpus`/`--memory`, or with `--from` and neither
+/// given, the snapshot's.
+fn run_shape(spec: &Spec) -> Result<(u8, u32), VmError> {
+    if let VmBoot::From(name) = &spec.vm_boot {
+        store::check_name(name)?;
+        if spec.limits.cpus.is_none() && spec.limits.memory.is_none() {
+            let s = store::read_state(name, &store::root()?.join(name))?;
+            return Ok((s.shape.cpus, s.shape.memory_mib));
+        }
+    }
+    shape(spec)
+}
+
+/// Run `spec` in a micro-VM; `sigfd` has the forwarded signals.
+pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcome, VmError> {
+    let t0 = Instant::now();
+    let kvm = open_kvm()?;
+    let guest_kernel = kernel::find(spec.vm_kernel.as_deref())?;
+    report.kernel = guest_kernel.path.display().to_string();
+    report.not_enforced = check_supported(spec)?;
+    let (vcpus, memory_mib) = run_shape(spec)?;
+    report.vcpus = vcpus;
+    report.memory_mib = memory_mib;
+    let shape = vm_shape(spec, &guest_kernel, vcpus, memory_mib);
+    let loaded = pick_snapshot(&kvm, spec, &shape, &guest_kernel, report)?;
+    // The snapshot's creation is not part of this run's start-up.
+    let t0 = if report.snapshot_created_ms.is_some() {
+        Instant::now()
+    } else {
+        t0
+    };
+
+    let (servers, shares) = open_exports(spec)?;
+    let mut init_spec = guest_init_spec(spec, &shares);
+    init_spec.vm = Some(sandbox_proto::VmStart::default());
+
+    let built = match loaded {
+        Some(mut l) => {
+            report.boot = if report.snapshot_created_ms.is_some() {
+                "snapshot-created"
+            } else {
+                "resumed"
+            };
+            report.snapshot = Some(l.name.clone());
+            let saved_vcpus = std::mem::take(&mut l.checked.vcpus);
+            let c = &l.checked;
+            let machine = Machine::resume(
+                &kvm,
+                ResumeConfig {
+                    cpus: vcpus,
+                    memory_mib,
+                    memory_file: &l.memory,
+                    vm: &c.vm,
+                    vcpus: saved_vcpus,
+                    serial: &c.snapshot.serial,
+                    console: console()?,
+                },
+            )?;
+            assemble(machine, servers, stdio(true)?, Some(&c.snapshot.devices))?
+        }
+        None => {
+            report.boot = "cold";
+            let machine = cold_machine(&kvm, &guest_kernel, vcpus, memory_mib)?;
+            assemble(machine, servers, stdio(true)?, None)?
+        }
+    };
+    let running = built.running;
     let t_machine_start = running.created_at();
     let outcome = supervise::run(supervise::Session {
         spec,
         init_spec,
-        chan: crate::chan::Channel::new(host_end),
+        chan: crate::chan::Channel::new(built.host_end),
         vm: &running,
-        vsock: &vsock_handle,
+        vsock: &built.vsock,
         sigfd,
         t0,
         report,
     });
     running.stop();
-    let _ = stop.write(1);
+    let _ = built.stop.write(1);
+    drop(built.transports);
     report.stopped_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
     let timings = running.timings();
     if let (Some(total), Some(launcher_t0)) = (timings.total, report.launcher_t0) {

@@ -29,9 +29,10 @@ use super::bus::{Bus, BusDevice, BusError};
 use super::kernel;
 use super::memory::{self, MemoryError};
 pub use super::serial::Console;
-use super::serial::SerialDevice;
+use super::serial::{SerialDevice, SerialSnap};
 use super::vcpu::{self, Shared};
 use super::virtio::{Interrupt, Mem};
+use arch::state::{self, CheckedVcpu, CheckedVm, VcpuState, VmState};
 
 /// The parameters every boot gets (kernel-config/README.md).
 pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t";
@@ -96,6 +97,49 @@ pub enum MachineError {
     EventFd(String),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(String),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("cannot pause the machine: {0}")]
+    Pause(String),
+    #[error("the snapshot's memory file: {0}")]
+    MemoryFile(String),
+    #[error("{0}")]
+    Serial(String),
+}
+
+/// What a machine resumed from a snapshot starts from (everything
+/// checked by the snapshot module before anything is created).
+#[derive(Debug)]
+pub struct ResumeConfig<'a> {
+    pub cpus: u8,
+    pub memory_mib: u32,
+    /// Guest RAM, its regions one after the other; mapped private and
+    /// copy-on-write, so machines resumed from one file share its clean
+    /// pages. The file must not change while the machine lives.
+    pub memory_file: &'a std::fs::File,
+    pub vm: &'a CheckedVm,
+    pub vcpus: Vec<CheckedVcpu>,
+    pub serial: &'a SerialSnap,
+    pub console: Console,
+}
+
+/// A paused machine's state (without memory and devices).
+#[derive(Debug)]
+pub struct MachineState {
+    pub vcpus: Vec<VcpuState>,
+    pub vm: VmState,
+    pub serial: SerialSnap,
+}
+
+/// How the vCPUs start.
+enum Boot {
+    /// At the kernel's entry point, with boot data to write.
+    Cold {
+        loaded: arch::boot::LoadedKernel,
+        initrd: Option<(u64, u64)>,
+    },
+    /// Where a snapshot left them.
+    Resume(Vec<CheckedVcpu>),
 }
 
 /// How the VM ended.
@@ -202,8 +246,7 @@ pub struct Machine {
     devices: Vec<String>,
     next_slot: u64,
     next_irq: u32,
-    loaded: arch::boot::LoadedKernel,
-    initrd: Option<(u64, u64)>,
+    boot: Boot,
     cpus: u8,
     cmdline: String,
     init_args: Vec<String>,
@@ -351,8 +394,7 @@ impl Machine {
             devices: Vec::new(),
             next_slot: arch::layout::MMIO_START,
             next_irq: arch::FIRST_DEVICE_IRQ,
-            loaded,
-            initrd,
+            boot: Boot::Cold { loaded, initrd },
             cpus: cfg.cpus,
             cmdline: cfg.cmdline,
             init_args: cfg.init_args,
@@ -367,6 +409,100 @@ impl Machine {
                 cpuid: cpuid_time,
                 load_phase: t_mem - t_map,
                 serial: now - t_mem,
+                ..BootTimings::default()
+            },
+        })
+    }
+
+    /// Create a VM from a snapshot: memory mapped from the snapshot's file
+    /// (private, copy-on-write), the irqchip, PIT and clock as saved, the
+    /// serial port's registers. The devices are added as for a cold boot
+    /// (same order, so the same slots and IRQs) and then restored by the
+    /// caller; [`Machine::start`] puts the saved vCPU states in.
+    pub fn resume(kvm: &Kvm, cfg: ResumeConfig<'_>) -> Result<Machine, MachineError> {
+        let t0 = Instant::now();
+        let max = kvm
+            .get_max_vcpus()
+            .min(usize::from(arch::mptable::MAX_CPUS));
+        if cfg.cpus == 0 || usize::from(cfg.cpus) > max || cfg.vcpus.len() != usize::from(cfg.cpus)
+        {
+            return Err(MachineError::Cpus {
+                cpus: cfg.cpus,
+                max,
+            });
+        }
+        let kvm_err = |what| move |err| MachineError::Kvm { what, err };
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let t_vm = Instant::now();
+        let mem = memory::create(cfg.memory_mib)?;
+        let want = memory::size(&mem);
+        let have = cfg
+            .memory_file
+            .metadata()
+            .map_err(|e| MachineError::MemoryFile(e.to_string()))?
+            .len();
+        if have != want {
+            return Err(MachineError::MemoryFile(format!(
+                "it is {have} bytes long, the guest has {want} bytes of memory"
+            )));
+        }
+        let mut offset = 0u64;
+        let regions: Vec<(u64, u64)> = {
+            use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+            mem.iter().map(|r| (r.start_addr().0, r.len())).collect()
+        };
+        for (start, len) in regions {
+            memory::map_file(&mem, start, len, cfg.memory_file, offset)?;
+            offset += len;
+        }
+        let t_map = Instant::now();
+        memory::register(&vm, &mem)?;
+        let t_reg = Instant::now();
+        arch::setup_vm(&vm).map_err(kvm_err("the VM setup (irqchip, PIT, TSS)"))?;
+        state::restore_vm(&vm, cfg.vm)?;
+        let t_chip = Instant::now();
+
+        let irq = eventfd()?;
+        vm.register_irqfd(&irq, arch::SERIAL_IRQ)
+            .map_err(kvm_err("KVM_IRQFD (serial)"))?;
+        let serial = Arc::new(
+            SerialDevice::from_state(irq, cfg.console, cfg.serial).map_err(MachineError::Serial)?,
+        );
+        let mut pio = Bus::new();
+        pio.insert(
+            u64::from(arch::SERIAL_PORT),
+            arch::SERIAL_PORT_LEN,
+            serial.clone(),
+        )?;
+        let cpuid = cfg
+            .vcpus
+            .first()
+            .map(|v| v.cpuid().clone())
+            .ok_or(MachineError::Cpus { cpus: 0, max })?;
+        let now = Instant::now();
+        Ok(Machine {
+            vm,
+            mem,
+            cpuid,
+            serial,
+            pio,
+            mmio: Bus::new(),
+            devices: Vec::new(),
+            next_slot: arch::layout::MMIO_START,
+            next_irq: arch::FIRST_DEVICE_IRQ,
+            boot: Boot::Resume(cfg.vcpus),
+            cpus: cfg.cpus,
+            cmdline: String::new(),
+            init_args: Vec::new(),
+            t0,
+            new_done: now,
+            timings: BootTimings {
+                create_vm: t_vm - t0,
+                memory: t_map - t_vm,
+                memory_register: t_reg - t_map,
+                irqchip: t_chip - t_reg,
+                load_phase: t_chip - t_map,
+                serial: now - t_chip,
                 ..BootTimings::default()
             },
         })
@@ -456,20 +592,24 @@ impl Machine {
         let t_start = Instant::now();
         let mut timings = self.timings;
         timings.devices = t_start - self.new_done;
-        let cmdline = self.cmdline()?;
-        let mem_size = memory::size(&self.mem);
-        let loaded = self.loaded;
-        arch::boot::write_cmdline_and_zero_page(
-            &self.mem,
-            &loaded,
-            mem_size,
-            &cmdline,
-            self.initrd,
-        )?;
+        let mut restored = None;
+        let mut entry = 0;
+        match self.boot {
+            Boot::Cold { loaded, initrd } => {
+                let cmdline = self.cmdline()?;
+                let mem_size = memory::size(&self.mem);
+                arch::boot::write_cmdline_and_zero_page(
+                    &self.mem, &loaded, mem_size, &cmdline, initrd,
+                )?;
+                entry = loaded.entry;
+            }
+            Boot::Resume(v) => restored = Some(v),
+        }
         let t_loaded = Instant::now();
         timings.boot_data = t_loaded - t_start;
 
         let mut vcpus = Vec::with_capacity(usize::from(self.cpus));
+        let mut cpuids = Vec::with_capacity(usize::from(self.cpus));
         for id in 0..self.cpus {
             let vcpu = self
                 .vm
@@ -478,13 +618,20 @@ impl Machine {
                     what: "KVM_CREATE_VCPU",
                     err,
                 })?;
+            if let Some(saved) = restored.as_ref().and_then(|r| r.get(usize::from(id))) {
+                state::restore_vcpu(&vcpu, saved)?;
+                cpuids.push(saved.cpuid().clone());
+                vcpus.push(vcpu);
+                continue;
+            }
             let mut cpuid = self.cpuid.clone();
             arch::cpuid::patch(cpuid.as_mut_slice(), id, self.cpus);
             vcpu.set_cpuid2(&cpuid).map_err(|err| MachineError::Kvm {
                 what: "KVM_SET_CPUID2",
                 err,
             })?;
-            arch::cpu::configure(&vcpu, id, (id == 0).then_some(loaded.entry))?;
+            arch::cpu::configure(&vcpu, id, (id == 0).then_some(entry))?;
+            cpuids.push(cpuid);
             vcpus.push(vcpu);
         }
         let t_vcpus = Instant::now();
@@ -493,6 +640,7 @@ impl Machine {
         vcpu::install_kick_handler().map_err(MachineError::Thread)?;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            pausing: AtomicBool::new(false),
             exit: Mutex::new(None),
             exit_evt: eventfd()?,
             threads: Mutex::new(Vec::new()),
@@ -505,7 +653,8 @@ impl Machine {
         let running = RunningMachine {
             shared: shared.clone(),
             handles: Mutex::new(Vec::new()),
-            _vm: self.vm,
+            vm: self.vm,
+            cpuids,
             mem: self.mem,
             t0: self.t0,
             t_spawn: t_vcpus,
@@ -531,9 +680,11 @@ impl Machine {
 /// A VM whose vCPUs run.
 pub struct RunningMachine {
     shared: Arc<Shared>,
-    handles: Mutex<Vec<JoinHandle<()>>>,
+    handles: Mutex<Vec<JoinHandle<Option<kvm_ioctls::VcpuFd>>>>,
     /// Kept open as long as the vCPUs run.
-    _vm: VmFd,
+    vm: VmFd,
+    /// The CPUID each vCPU was given (for a snapshot).
+    cpuids: Vec<CpuId>,
     mem: Mem,
     t0: Instant,
     t_spawn: Instant,
@@ -606,6 +757,70 @@ impl RunningMachine {
         }
         self.stop();
         self.exit().unwrap_or(VmExit::Stopped)
+    }
+
+    /// Stop the vCPUs for a snapshot: each completes the exit it was in
+    /// and leaves `KVM_RUN`; their threads end and hand the vCPUs back (in
+    /// id order). The machine does not run again. Device workers are not
+    /// touched (the caller pauses them next).
+    pub fn pause(&self) -> Result<Vec<kvm_ioctls::VcpuFd>, MachineError> {
+        let handles: Vec<_> =
+            std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
+        if handles.is_empty() {
+            return Err(MachineError::Pause("the vCPUs are not running".into()));
+        }
+        self.shared
+            .pausing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.request_stop();
+        let deadline = Instant::now() + STOP_GRACE;
+        while !handles.iter().all(|h| h.is_finished()) {
+            if Instant::now() >= deadline {
+                return Err(MachineError::Pause(
+                    "a vCPU did not leave KVM_RUN in time".into(),
+                ));
+            }
+            self.shared.request_stop();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let mut vcpus = Vec::with_capacity(handles.len());
+        for h in handles {
+            match h.join() {
+                Ok(Some(v)) => vcpus.push(v),
+                _ => {
+                    return Err(MachineError::Pause(
+                        "a vCPU thread ended without its vCPU".into(),
+                    ))
+                }
+            }
+        }
+        if let Some(e) = self.exit() {
+            return Err(MachineError::Pause(format!("the guest already ended: {e}")));
+        }
+        {
+            let mut exit = self.shared.exit.lock().unwrap_or_else(|e| e.into_inner());
+            *exit = Some(VmExit::Stopped);
+            self.shared.exited_at.get_or_init(Instant::now);
+        }
+        Ok(vcpus)
+    }
+
+    /// Read the state of the paused vCPUs (from [`RunningMachine::pause`]),
+    /// the irqchip, PIT, clock and serial port.
+    pub fn save(
+        &self,
+        kvm: &Kvm,
+        vcpus: &[kvm_ioctls::VcpuFd],
+    ) -> Result<MachineState, MachineError> {
+        let mut out = Vec::with_capacity(vcpus.len());
+        for (v, cpuid) in vcpus.iter().zip(&self.cpuids) {
+            out.push(state::save_vcpu(kvm, v, cpuid)?);
+        }
+        Ok(MachineState {
+            vcpus: out,
+            vm: state::save_vm(&self.vm)?,
+            serial: self.shared.serial.state(),
+        })
     }
 
     /// Kick every vCPU out of `KVM_RUN` and join their threads.

@@ -25,6 +25,7 @@ pub mod launch;
 pub mod machine;
 pub mod memory;
 pub mod serial;
+pub mod snapshot;
 pub mod supervise;
 pub mod vcpu;
 pub mod virtio;
@@ -51,6 +52,10 @@ pub enum VmError {
     Unsupported(String),
     #[error("{0}")]
     Setup(String),
+    #[error(transparent)]
+    Store(#[from] snapshot::store::StoreError),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// Everything `--vm` can check before a VM would be created.

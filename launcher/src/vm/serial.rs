@@ -143,6 +143,14 @@ impl Write for SerialLog {
     }
 }
 
+/// The UART registers in a snapshot: divisor low/high, IER, IIR, LCR,
+/// LSR, MCR, MSR, scratch; and the input FIFO.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnap {
+    pub regs: [u8; 9],
+    pub in_buffer: Vec<u8>,
+}
+
 /// The UART's interrupt line: an irqfd.
 #[derive(Debug)]
 pub struct IrqTrigger(pub EventFd);
@@ -183,6 +191,47 @@ impl SerialDevice {
 
     pub fn panic_message(&self) -> Option<String> {
         self.lock().writer().panic_message()
+    }
+
+    /// A UART continuing a snapshot's registers (`state` was checked:
+    /// at most a FIFO's worth of input).
+    pub fn from_state(irq: EventFd, console: Console, state: &SerialSnap) -> Result<Self, String> {
+        let st = vm_superio::serial::SerialState {
+            baud_divisor_low: state.regs[0],
+            baud_divisor_high: state.regs[1],
+            interrupt_enable: state.regs[2],
+            interrupt_identification: state.regs[3],
+            line_control: state.regs[4],
+            line_status: state.regs[5],
+            modem_control: state.regs[6],
+            modem_status: state.regs[7],
+            scratch: state.regs[8],
+            in_buffer: state.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&st, IrqTrigger(irq), NoEvents, SerialLog::new(console))
+            .map_err(|e| format!("the serial port state is refused: {e:?}"))?;
+        Ok(Self {
+            uart: Mutex::new(uart),
+        })
+    }
+
+    /// The UART's registers, for a snapshot.
+    pub fn state(&self) -> SerialSnap {
+        let st = self.lock().state();
+        SerialSnap {
+            regs: [
+                st.baud_divisor_low,
+                st.baud_divisor_high,
+                st.interrupt_enable,
+                st.interrupt_identification,
+                st.line_control,
+                st.line_status,
+                st.modem_control,
+                st.modem_status,
+                st.scratch,
+            ],
+            in_buffer: st.in_buffer,
+        }
     }
 
     pub fn finish(&self) {

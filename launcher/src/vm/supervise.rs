@@ -215,7 +215,11 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
                             return Err(Failure::Start(StartError::Version { got: version }));
                         }
                         s.report.boot_ms = Some(s.t0.elapsed().as_secs_f64() * 1000.0);
-                        let start = HostMsg::Start(Box::new(s.init_spec.clone()));
+                        let mut spec = s.init_spec.clone();
+                        if let Some(v) = spec.vm.as_mut() {
+                            fresh_identity(v);
+                        }
+                        let start = HostMsg::Start(Box::new(spec));
                         s.chan
                             .send(&start)
                             .map_err(|e| Failure::Vmm(format!("control channel: {e}")))?;
@@ -297,6 +301,76 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
         timed_out,
         oom: false,
     })
+}
+
+/// Fill in what makes this guest unique (docs/snapshots.md): fresh
+/// entropy and the wall clock, taken as `Start` is sent.
+fn fresh_identity(v: &mut sandbox_proto::VmStart) {
+    let mut seed = vec![0u8; 64];
+    let mut got = 0;
+    while got < seed.len() {
+        // SAFETY: getrandom writes at most the given length into the buffer.
+        let n = unsafe { libc::getrandom(seed[got..].as_mut_ptr().cast(), seed.len() - got, 0) };
+        if n <= 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    seed.truncate(got);
+    v.entropy = seed;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    v.realtime = (now.as_secs() as i64, now.subsec_nanos());
+}
+
+/// Wait for init's `Hello` (of this protocol version) and nothing else:
+/// the point where a snapshot is taken. Errors say what happened instead.
+pub fn wait_hello(chan: &mut Channel, vm: &RunningMachine, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(e) = vm.exit() {
+            return Err(format!("the guest ended before init was ready: {e}"));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("init was not ready within {} s", limit.as_secs()));
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: chan.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: vm.exit_event().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = left.as_millis().clamp(1, 1000) as i32;
+        // SAFETY: two valid pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if n <= 0 || fds[0].revents == 0 {
+            continue;
+        }
+        let open = chan.fill().unwrap_or(false);
+        match chan.next_msg() {
+            Ok(Some(InitMsg::Hello { version })) if version == PROTOCOL_VERSION => return Ok(()),
+            Ok(Some(InitMsg::Hello { version })) => {
+                return Err(format!(
+                    "sandbox-init speaks protocol {version}, this launcher {PROTOCOL_VERSION}"
+                ))
+            }
+            Ok(Some(InitMsg::SetupFailed(e))) => {
+                return Err(format!("init failed before it was ready: {e:?}"))
+            }
+            Ok(Some(other)) => return Err(format!("unexpected message {other:?}")),
+            Ok(None) if open => {}
+            Ok(None) => return Err("sandbox-init closed the control channel".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// Wait until the machine has stopped or `limit` passed.

@@ -70,6 +70,11 @@ pub fn install_kick_handler() -> Result<(), String> {
 #[derive(Debug)]
 pub struct Shared {
     pub stop: AtomicBool,
+    /// The stop is a pause for a snapshot: each thread completes the
+    /// exit it was handling (a `KVM_RUN` with `immediate_exit` set, so
+    /// that an MMIO or port read's data reaches the registers) and hands
+    /// its vCPU back.
+    pub pausing: AtomicBool,
     pub exit: Mutex<Option<VmExit>>,
     pub exit_evt: EventFd,
     /// The vCPU threads' pthread ids, as integers (`pthread_t` is a
@@ -272,8 +277,13 @@ fn run_loop_inner(id: u8, vcpu: &mut VcpuFd, shared: &Shared, stats: &mut ExitSt
     }
 }
 
-/// Start vCPU `id`'s thread.
-pub fn spawn(id: u8, mut vcpu: VcpuFd, shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+/// Start vCPU `id`'s thread. The thread returns its vCPU when the stop
+/// was a pause ([`Shared::pausing`]).
+pub fn spawn(
+    id: u8,
+    mut vcpu: VcpuFd,
+    shared: Arc<Shared>,
+) -> std::io::Result<JoinHandle<Option<VcpuFd>>> {
     use std::os::unix::thread::JoinHandleExt;
     let s = shared.clone();
     let handle = std::thread::Builder::new()
@@ -282,8 +292,16 @@ pub fn spawn(id: u8, mut vcpu: VcpuFd, shared: Arc<Shared>) -> std::io::Result<J
             unblock_kick();
             KVM_RUN.with(|c| c.set(vcpu.get_kvm_run() as *mut kvm_run));
             run_loop(id, &mut vcpu, &s);
+            let pausing = s.pausing.load(Ordering::SeqCst);
+            if pausing {
+                // Complete the last exit inside KVM without running the
+                // guest (KVM's documented way before saving state).
+                vcpu.set_kvm_immediate_exit(1);
+                let _ = vcpu.run();
+                vcpu.set_kvm_immediate_exit(0);
+            }
             KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
-            drop(vcpu);
+            pausing.then_some(vcpu)
         })?;
     shared
         .threads

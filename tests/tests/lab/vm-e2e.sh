@@ -1,7 +1,10 @@
 #!/bin/sh
 # Run INSIDE the nested lab VM booted with --kvm (real nested KVM), as root,
 # by lab_vm.rs. $1: the sandbox launcher. $2: uid of an unprivileged
-# account. The end-to-end cases of the namespace backend, against --vm:
+# account. $3: "resume" (default: every run resumes its VM shape's warm
+# snapshot, made on first use, as `sandbox run --vm` does by default) or
+# "cold" (every run boots the kernel: --cold); the checks are the same and
+# must give the same results (docs/snapshots.md). The end-to-end cases of the namespace backend, against --vm:
 # every `$S run --vm` below boots a micro-VM of our own VMM with our
 # kernel. Prints "CHECK <name> ok" or "CHECK <name> FAIL ..." and DONE.
 S=$1
@@ -19,6 +22,18 @@ VR="$S run --vm"
 V="timeout --foreground -k 5 300 $S run --vm"
 W=$(mktemp -d /tmp/vm-e2e.XXXXXX)
 cd "$W" || exit 1
+MODE=${3:-resume}
+export SANDBOX_SNAPSHOT_DIR="$W/snaps"
+# C always boots cold: the checks of the boot itself.
+C="timeout --foreground -k 5 300 $S run --vm --cold"
+case $MODE in
+cold) V="$V --cold"; VR="$VR --cold" ;;
+resume) ;;
+*) echo "vm-e2e.sh: mode must be resume or cold, not $MODE" >&2; exit 2 ;;
+esac
+echo "vm-e2e.sh: mode $MODE"
+# The unprivileged user keeps its snapshots in a directory of its own.
+UD=$(mktemp -d /tmp/vm-e2e-u.XXXXXX); chown "$U" "$UD"
 
 # Exit statuses.
 out=$($V -- true 2>&1); rc=$?
@@ -31,6 +46,11 @@ out=$($V -- /nonexistent/cmd 2>&1); rc=$?
 [ $rc -eq 127 ] && check not-found-127 ok || check not-found-127 "rc=$rc $out"
 out=$($V -- /etc/passwd 2>&1); rc=$?
 [ $rc -eq 126 ] && check not-executable-126 ok || check not-executable-126 "rc=$rc $out"
+
+# The path the runs take.
+$V --receipt boot.json -- true >/dev/null 2>&1
+want=cold; [ "$MODE" = resume ] && want=resumed
+grep -q "\"boot\": \"$want\"" boot.json && check "boot-path-$want" ok || check "boot-path-$want" "$(grep -E '"(boot|snapshot)"' boot.json)"
 
 # The guest is ours: our kernel, sized as asked.
 out=$($V -- uname -r 2>&1)
@@ -45,10 +65,10 @@ out=$($V -- sh -c 'grep -c -w -E "vmx|svm" /proc/cpuinfo; ls /dev/kvm 2>&1' 2>&1
 case "$out" in 0*"No such file"*) check no-kvm-inside ok ;; *) check no-kvm-inside "$out" ;; esac
 
 # The guest kernel panics (no init to run): distinct status 122, promptly.
-out=$(SANDBOX_VM_CMDLINE=rdinit=/nonexistent $V -- true 2>&1); rc=$?
+out=$(SANDBOX_VM_CMDLINE=rdinit=/nonexistent $C -- true 2>&1); rc=$?
 case "$rc:$out" in 122:*panicked*) check guest-panic-122 ok ;; *) check guest-panic-122 "rc=$rc $out" ;; esac
 # A guest that never gets to the command: --timeout still ends it.
-out=$($V --timeout 1 -- true 2>&1); rc=$?
+out=$($C --timeout 1 -- true 2>&1); rc=$?
 case "$rc:$out" in 124:*"before the command started"*) check timeout-during-boot ok ;; *) check timeout-during-boot "rc=$rc $out" ;; esac
 
 # Stdio: separate streams, stdin, large output through the vsock device.
@@ -71,7 +91,7 @@ out=$($V -w /tmp -- pwd 2>&1)
 [ "$out" = /tmp ] && check workdir ok || check workdir "$out"
 out=$($V --hostname vmhost -- hostname 2>&1)
 [ "$out" = vmhost ] && check hostname ok || check hostname "$out"
-out=$(setpriv --reuid="$U" --regid="$U" --clear-groups -- $V -- id -u 2>&1)
+out=$(setpriv --reuid="$U" --regid="$U" --clear-groups -- env SANDBOX_SNAPSHOT_DIR="$UD" $V -- id -u 2>&1)
 [ "$out" = "$U" ] && check rootless-uid ok || check rootless-uid "$out"
 out=$($V -u 1234:1234 -- id 2>&1)
 case "$out" in "uid=1234 gid=1234"*) check user-option ok ;; *) check user-option "$out" ;; esac
@@ -172,6 +192,75 @@ wait
 ok=0; for i in 1 2 3 4; do [ "$(cat c$i.txt)" = "vm-$i" ] && ok=$((ok+1)); done
 [ $ok -eq 4 ] && check concurrent-vms ok || check concurrent-vms "$(cat c1.txt c2.txt c3.txt c4.txt)"
 
+# Snapshots (docs/snapshots.md): named ones, the state file checks, clone
+# safety, crash-safe writes.
+SN="timeout --foreground -k 5 300 $S snapshot"
+R="timeout --foreground -k 5 300 $S run --vm"
+SD=$SANDBOX_SNAPSHOT_DIR
+out=$($SN create e2e --memory 256m 2>&1); rc=$?
+[ $rc -eq 0 ] && [ -f "$SD/e2e/state" ] && check snapshot-create ok || check snapshot-create "rc=$rc $out"
+out=$($SN list 2>&1)
+printf '%s\n' "$out" | grep -q "^e2e	1	256MiB	0	" && check snapshot-list ok || check snapshot-list "$out"
+out=$($R --from e2e --receipt rs.json -- sh -c 'echo resumed; sed -n "s/^MemTotal: *\([0-9]*\) kB/\1/p" /proc/meminfo' 2>&1)
+mem=$(printf '%s\n' "$out" | sed -n 2p)
+[ "$(printf '%s\n' "$out" | head -1)" = resumed ] && [ "$mem" -le 262144 ] 2>/dev/null && grep -q '"boot": "resumed"' rs.json && grep -q '"snapshot": "e2e"' rs.json && check snapshot-from-receipt ok || check snapshot-from-receipt "$out $(grep -E '"(boot|snapshot)"' rs.json)"
+g=$($R --from e2e -- date +%s 2>&1); h=$(date +%s); d=$((h - g))
+[ "${d#-}" -le 5 ] 2>/dev/null && check snapshot-wall-clock ok || check snapshot-wall-clock "guest $g host $h"
+for i in 1 2; do
+	$R --from e2e --hostname "clone$i" -- sh -c 'hostname; head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n"; echo' >"rng$i.txt" 2>&1 &
+done
+wait
+r1=$(sed -n 2p rng1.txt); r2=$(sed -n 2p rng2.txt)
+[ ${#r1} -eq 64 ] && [ ${#r2} -eq 64 ] && [ "$r1" != "$r2" ] && [ "$(head -1 rng1.txt):$(head -1 rng2.txt)" = clone1:clone2 ] && check snapshot-clones-own-rng-and-name ok || check snapshot-clones-own-rng-and-name "$(cat rng1.txt rng2.txt)"
+echo one >"$W/hostfile"
+a=$($R --from e2e -- cat "$W/hostfile" 2>&1)
+echo two >"$W/hostfile"
+b=$($R --from e2e -- cat "$W/hostfile" 2>&1)
+[ "$a:$b" = one:two ] && check snapshot-sees-changed-host-file ok || check snapshot-sees-changed-host-file "$a:$b"
+out=$($R --from e2e -v "$W/vol:/mnt" -- true 2>&1); rc=$?
+case "$rc:$out" in 125:*volumes*) check snapshot-shape-mismatch-refused ok ;; *) check snapshot-shape-mismatch-refused "rc=$rc $out" ;; esac
+out=$($SN create e2ev --memory 256m -v /tmp 2>&1) && out=$($R --from e2ev -v "$W/vol:/mnt" -- cat /mnt/d/g 2>&1)
+[ "$out" = written ] && check snapshot-volume-from-this-run ok || check snapshot-volume-from-this-run "$out"
+# Killed while writing: the previous snapshot stays whole and usable.
+cp "$SD/e2e/state" state.before
+SANDBOX_SNAPSHOT_TEST_DELAY_MS=60000 $S snapshot create e2e --memory 256m >/dev/null 2>&1 &
+kp=$!
+i=0; while [ $i -lt 1200 ] && ! ls -A "$SD/e2e" | grep -q '^\.state\.tmp-'; do sleep 0.1; i=$((i + 1)); done
+tmpseen=$(ls -A "$SD/e2e" | grep -c '^\.state\.tmp-')
+kill -KILL $kp; wait $kp 2>/dev/null
+out=$($R --from e2e -- echo still-good 2>&1)
+[ "$tmpseen" -eq 1 ] && cmp -s state.before "$SD/e2e/state" && [ "$out" = still-good ] && check snapshot-kill-during-write ok || check snapshot-kill-during-write "tmp=$tmpseen $out"
+# Damaged and tampered state files are refused before anything runs.
+for kind in flip truncate version empty; do
+	rm -rf "$SD/bad-$kind"; cp -r "$SD/e2e" "$SD/bad-$kind"
+	/usr/bin/python3 - "$SD/bad-$kind/state" "$kind" <<'PY'
+import sys
+p, kind = sys.argv[1], sys.argv[2]
+b = bytearray(open(p, "rb").read())
+if kind == "flip":
+    b[len(b) // 2] ^= 0x10
+elif kind == "truncate":
+    b = b[: len(b) // 3]
+elif kind == "version":
+    b[8:12] = (99).to_bytes(4, "little")
+else:
+    b = b""
+open(p, "wb").write(b)
+PY
+	out=$($R --from "bad-$kind" -- echo ran 2>&1); rc=$?
+	case "$rc:$out" in
+	*ran* | *panick*) check "snapshot-$kind-refused" "rc=$rc $out" ;;
+	125:*refused*) check "snapshot-$kind-refused" ok ;;
+	*) check "snapshot-$kind-refused" "rc=$rc $out" ;;
+	esac
+done
+out=$($SN rm bad-flip 2>&1); rc=$?
+[ $rc -eq 0 ] && [ ! -e "$SD/bad-flip" ] && check snapshot-rm ok || check snapshot-rm "rc=$rc $out"
+out=$($SN rm no-such-snapshot 2>&1); rc=$?
+case "$rc:$out" in 125:*no-such-snapshot*) check snapshot-rm-missing ok ;; *) check snapshot-rm-missing "rc=$rc $out" ;; esac
+out=$($R --from ../etc -- true 2>&1); rc=$?
+case "$rc:$out" in 125:*"not accepted"*) check snapshot-bad-name ok ;; *) check snapshot-bad-name "rc=$rc $out" ;; esac
+
 cd /
-rm -rf "$W"
+rm -rf "$W" "$UD"
 echo DONE

@@ -32,7 +32,10 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Activation, ActiveQueue, Interrupt, Mem, VirtioDevice, F_VERSION_1};
+use super::{
+    Activation, ActiveQueue, Interrupt, Mem, QueuePos, VirtioDevice, F_VERSION_1, INT_CONFIG,
+    INT_USED_RING,
+};
 use crate::vm::bus::BusDevice;
 
 pub const MMIO_SIZE: u64 = 0x1000;
@@ -130,6 +133,95 @@ impl QueueConfig {
             driver: 0,
             device: 0,
         }
+    }
+}
+
+/// One queue's configuration in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnap {
+    pub size: u16,
+    pub ready: bool,
+    pub desc: u64,
+    pub driver: u64,
+    pub device: u64,
+}
+
+/// The transport's registers and its queues in a snapshot
+/// ([`MmioTransport::save`], [`MmioTransport::restore`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub queues: Vec<QueueSnap>,
+    /// Where each ready queue stood (only when the device was active).
+    pub positions: Vec<QueuePos>,
+}
+
+const ACTIVE: u32 = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
+
+impl TransportState {
+    /// The checks that need no device: a status a healthy device can be
+    /// saved in, known interrupt bits, queue sizes, one position per
+    /// ready queue of an active device and none in flight.
+    pub fn check(&self) -> Result<(), String> {
+        let legal = [
+            0,
+            ACKNOWLEDGE,
+            ACKNOWLEDGE | DRIVER,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK,
+            ACTIVE,
+        ];
+        if !legal.contains(&self.status) {
+            return Err(format!(
+                "status {:#x} is not one a healthy device can be saved in",
+                self.status
+            ));
+        }
+        if self.status & FEATURES_OK != 0 && self.driver_features & F_VERSION_1 == 0 {
+            return Err("the driver features lack VIRTIO_F_VERSION_1".into());
+        }
+        if self.interrupt_status & !(INT_USED_RING | INT_CONFIG) != 0 {
+            return Err(format!(
+                "interrupt status {:#x} has unknown bits",
+                self.interrupt_status
+            ));
+        }
+        let active = self.status == ACTIVE;
+        for (i, q) in self.queues.iter().enumerate() {
+            if q.size == 0 || q.size > MAX_QUEUE_SIZE || !q.size.is_power_of_two() {
+                return Err(format!(
+                    "queue {i} has size {}; a power of two up to {MAX_QUEUE_SIZE} is accepted",
+                    q.size
+                ));
+            }
+            let n = self
+                .positions
+                .iter()
+                .filter(|p| usize::from(p.index) == i)
+                .count();
+            let want = usize::from(active && q.ready);
+            if n != want {
+                return Err(format!(
+                    "queue {i} has {n} saved positions, {want} expected"
+                ));
+            }
+        }
+        if self.positions.len() != self.queues.iter().filter(|q| active && q.ready).count() {
+            return Err("saved positions for queues that do not exist".into());
+        }
+        if let Some(p) = self.positions.iter().find(|p| p.next_avail != p.next_used) {
+            return Err(format!(
+                "queue {} was saved with a chain in flight (avail {}, used {})",
+                p.index, p.next_avail, p.next_used
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -255,6 +347,163 @@ impl MmioTransport {
     /// Why the last activation (or reset) failed, if it did.
     pub fn last_error(&self) -> Option<String> {
         self.lock().last_error.clone()
+    }
+
+    /// Pause the device (the VM's stop event was written, the vCPUs are
+    /// paused) and read everything a resumed machine needs. The device
+    /// does not serve again afterwards.
+    pub fn save(&self) -> Result<TransportState, String> {
+        let mut st = self.lock();
+        if st.status & (FAILED | DEVICE_NEEDS_RESET) != 0 {
+            return Err(format!(
+                "device type {} is in a failed state (status {:#x})",
+                st.device.device_type(),
+                st.status
+            ));
+        }
+        let positions = if st.activated {
+            st.activated = false;
+            st.device.pause()?
+        } else {
+            Vec::new()
+        };
+        Ok(TransportState {
+            device_type: st.device.device_type(),
+            status: st.status,
+            device_features_sel: st.device_features_sel,
+            driver_features_sel: st.driver_features_sel,
+            driver_features: st.driver_features,
+            queue_sel: st.queue_sel,
+            config_generation: st.config_generation,
+            interrupt_status: self.interrupt.status(),
+            queues: st
+                .queues
+                .iter()
+                .map(|q| QueueSnap {
+                    size: q.size,
+                    ready: q.ready,
+                    desc: q.desc,
+                    driver: q.driver,
+                    device: q.device,
+                })
+                .collect(),
+            positions,
+        })
+    }
+
+    /// Check `s` against this device and guest memory, then take it over:
+    /// the registers, the queues, and (when the driver had set
+    /// `DRIVER_OK`) an activation with every queue where it stood. Then
+    /// every queue is kicked once (a kick may have been pending when the
+    /// snapshot was taken); a pending interrupt is raised again by
+    /// [`MmioTransport::resumed`]. Before the vCPUs exist; nothing is
+    /// applied when a check fails.
+    pub fn restore(&self, s: &TransportState) -> Result<(), String> {
+        let mut st = self.lock();
+        let ty = st.device.device_type();
+        if s.device_type != ty {
+            return Err(format!(
+                "the snapshot has device type {} where this machine has {ty}",
+                s.device_type
+            ));
+        }
+        if s.queues.len() != st.queues.len() {
+            return Err(format!(
+                "device type {ty}: the snapshot has {} queues, the device {}",
+                s.queues.len(),
+                st.queues.len()
+            ));
+        }
+        s.check().map_err(|e| format!("device type {ty}: {e}"))?;
+        let offered = st.device.avail_features();
+        if s.driver_features & !offered != 0 {
+            return Err(format!(
+                "device type {ty}: driver features {:#x} are not a valid choice from the offered {offered:#x}",
+                s.driver_features
+            ));
+        }
+        let mut queues = Vec::with_capacity(st.queues.len());
+        for (i, (q, mine)) in s.queues.iter().zip(&st.queues).enumerate() {
+            if q.size == 0 || q.size > mine.max || !q.size.is_power_of_two() {
+                return Err(format!(
+                    "device type {ty}: queue {i} has size {}; a power of two up to {} is accepted",
+                    q.size, mine.max
+                ));
+            }
+            queues.push(QueueConfig {
+                max: mine.max,
+                size: q.size,
+                ready: q.ready,
+                desc: q.desc,
+                driver: q.driver,
+                device: q.device,
+            });
+        }
+        let active = s.status == ACTIVE;
+        let mut candidate = State {
+            device: std::mem::replace(&mut st.device, Box::new(Placeholder)),
+            status: s.status,
+            device_features_sel: s.device_features_sel,
+            driver_features_sel: s.driver_features_sel,
+            driver_features: s.driver_features,
+            queue_sel: s.queue_sel,
+            queues,
+            config_generation: s.config_generation,
+            activated: false,
+            last_error: None,
+            stop: st.stop.take(),
+        };
+        if active {
+            let result = (|| {
+                let stop = candidate
+                    .stop
+                    .as_ref()
+                    .ok_or("the VMM set no stop event".to_string())?
+                    .try_clone()
+                    .map_err(|e| format!("cannot clone the stop event: {e}"))?;
+                let mut aq = self.build_queues(&candidate)?;
+                for q in &mut aq {
+                    if let Some(p) = s.positions.iter().find(|p| p.index == q.index) {
+                        q.queue.set_next_avail(p.next_avail);
+                        q.queue.set_next_used(p.next_used);
+                    }
+                }
+                candidate
+                    .device
+                    .activate(Activation {
+                        mem: self.mem.clone(),
+                        interrupt: self.interrupt.clone(),
+                        queues: aq,
+                        acked_features: candidate.driver_features,
+                        stop,
+                    })
+                    .map_err(|e| format!("activation: {e}"))
+            })();
+            if let Err(e) = result {
+                st.device = candidate.device;
+                st.stop = candidate.stop;
+                return Err(format!("device type {ty}: {e}"));
+            }
+            candidate.activated = true;
+        }
+        *st = candidate;
+        self.interrupt.ack(u32::MAX);
+        self.interrupt.set_pending(s.interrupt_status);
+        for fd in &self.kicks {
+            let _ = fd.write(1);
+        }
+        Ok(())
+    }
+
+    /// After the vCPUs of a resumed machine exist (an interrupt raised
+    /// before is lost: the I/O APIC has nowhere to deliver it): raise the
+    /// device's interrupt again when its status is not clear (saved
+    /// pending, or set by the device since [`MmioTransport::restore`]).
+    pub fn resumed(&self) {
+        let pending = self.interrupt.status();
+        if pending != 0 {
+            self.interrupt.raise_bits(pending);
+        }
     }
 
     fn read_reg(&self, st: &mut State, offset: u64) -> u32 {
@@ -516,6 +765,28 @@ impl MmioTransport {
         for fd in &self.kicks {
             let _ = fd.read();
         }
+    }
+}
+
+/// Holds the device's place in [`MmioTransport::restore`] while the
+/// candidate state is checked; never seen by the guest.
+struct Placeholder;
+
+impl VirtioDevice for Placeholder {
+    fn device_type(&self) -> u32 {
+        0
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[]
+    }
+    fn avail_features(&self) -> u64 {
+        0
+    }
+    fn read_config(&self, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn activate(&mut self, _: Activation) -> Result<(), super::ActivateError> {
+        Err(super::ActivateError::Other("placeholder".into()))
     }
 }
 

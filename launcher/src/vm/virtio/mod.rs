@@ -64,6 +64,16 @@ impl Interrupt {
         self.raise(INT_CONFIG);
     }
 
+    /// Set status bits without raising the line (restoring a snapshot).
+    pub fn set_pending(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+    }
+
+    /// Raise `bits` again (a resumed machine's pending interrupt).
+    pub fn raise_bits(&self, bits: u32) {
+        self.raise(bits);
+    }
+
     fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::SeqCst);
         // An eventfd write only fails when the counter would overflow,
@@ -144,6 +154,35 @@ pub trait VirtioDevice: Send {
     /// marks it as needing a reset, `DEVICE_NEEDS_RESET`).
     fn reset(&mut self) -> bool {
         false
+    }
+    /// Stop serving for a snapshot (the VM's stop event has been written
+    /// and the vCPUs are paused) and say where each active queue stands.
+    /// An error says why this device's state cannot be saved (the
+    /// default: it has host state a snapshot cannot hold).
+    fn pause(&mut self) -> Result<Vec<QueuePos>, String> {
+        Err("this device cannot be saved in a snapshot".into())
+    }
+}
+
+/// Where one queue stood when its device was paused: the next available
+/// ring entry the device would read and the next used ring entry it would
+/// write. Devices complete chains in order and hold none across a pause,
+/// so the two are equal for a quiet device (checked on restore).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueuePos {
+    pub index: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+impl QueuePos {
+    pub fn of(index: u16, q: &virtio_queue::Queue) -> Self {
+        use virtio_queue::QueueT;
+        Self {
+            index,
+            next_avail: q.next_avail(),
+            next_used: q.next_used(),
+        }
     }
 }
 

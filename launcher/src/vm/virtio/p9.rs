@@ -77,6 +77,8 @@ pub struct P9Server {
     req: Vec<u8>,
     out: Vec<u8>,
     writable: Vec<WritableBuf>,
+    /// Requests served so far (a share that served none has no state).
+    pub served: u64,
     /// Requests per message type, kept when `SANDBOX_VM_EXIT_STATS=1`
     /// and printed on stderr when the server is dropped (boot profiling,
     /// docs/vm.md).
@@ -117,6 +119,7 @@ impl P9Server {
             counts: std::env::var_os("SANDBOX_VM_EXIT_STATS")
                 .is_some_and(|v| v == "1")
                 .then(|| Box::new([0; 256])),
+            served: 0,
         }
     }
 
@@ -136,6 +139,7 @@ impl P9Server {
 
 impl ChainServer for P9Server {
     fn serve(&mut self, mem: &Mem, chain: DescriptorChain<&Mem>) -> u32 {
+        self.served += 1;
         let limit = self.handler.max_msize().min(MSIZE_CAP) as usize;
         let Ok(parts) = queue::split_chain(chain, limit, &mut self.req, &mut self.writable) else {
             return 0;
@@ -232,6 +236,25 @@ impl VirtioDevice for P9 {
                 self.server = Some(server);
                 Err(e)
             }
+        }
+    }
+
+    fn pause(&mut self) -> Result<Vec<super::QueuePos>, String> {
+        let Some(w) = self.worker.take() else {
+            return Ok(Vec::new());
+        };
+        match w.stop() {
+            // The share's state is its fids: a snapshot is only taken
+            // before the guest sent its first request (docs/snapshots.md).
+            Some((server, _)) if server.served > 0 => Err(format!(
+                "the 9p share has served {} requests: its open files cannot be saved",
+                server.served
+            )),
+            Some((server, queue)) => {
+                self.server = Some(server);
+                Ok(vec![super::QueuePos::of(0, &queue)])
+            }
+            None => Err("the virtio-9p worker panicked".into()),
         }
     }
 

@@ -141,6 +141,19 @@ impl VirtioDevice for Rng {
         }
     }
 
+    fn pause(&mut self) -> Result<Vec<super::QueuePos>, String> {
+        let Some(w) = self.worker.take() else {
+            return Ok(Vec::new());
+        };
+        match w.stop() {
+            Some((server, queue)) => {
+                self.server = Some(server);
+                Ok(vec![super::QueuePos::of(0, &queue)])
+            }
+            None => Err("the virtio-rng worker panicked".into()),
+        }
+    }
+
     fn reset(&mut self) -> bool {
         let Some(w) = self.worker.take() else {
             return true;

@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod cpuid;
 pub mod elf;
 pub mod mptable;
+pub mod state;
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::VmFd;

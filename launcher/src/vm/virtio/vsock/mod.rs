@@ -84,6 +84,9 @@ const EVQ: u16 = 2;
 /// queue is not read until the guest gives rx buffers back.
 const MAX_CTRL: usize = 256;
 
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` (virtio 1.2, 5.10.6.5).
+const EVENT_TRANSPORT_RESET: u32 = 0;
+
 const TAG_RX: u32 = 0;
 const TAG_TX: u32 = 1;
 const TAG_EVT: u32 = 2;
@@ -176,7 +179,11 @@ pub struct Vsock {
     guest_cid: u64,
     ports: Option<Vec<(u32, Host)>>,
     status: Arc<Status>,
-    worker: Option<std::thread::JoinHandle<()>>,
+    worker: Option<std::thread::JoinHandle<Option<Vec<super::QueuePos>>>>,
+    /// Post a `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` when activated (a
+    /// machine resumed from a snapshot: the guest drops the connections
+    /// it had, which this device never knew).
+    resumed: bool,
 }
 
 impl Vsock {
@@ -199,7 +206,14 @@ impl Vsock {
             ports: Some(ports),
             status,
             worker: None,
+            resumed: false,
         })
+    }
+
+    /// This device continues a guest resumed from a snapshot: at
+    /// activation it tells the guest that every connection is gone.
+    pub fn set_resumed(&mut self) {
+        self.resumed = true;
     }
 
     pub fn handle(&self) -> VsockHandle {
@@ -261,7 +275,7 @@ impl VirtioDevice for Vsock {
             interrupt: a.interrupt,
             rxq,
             txq,
-            _evq: evq,
+            evq,
             kicks: [rx_kick, tx_kick, ev_kick],
             stop: a.stop,
             wake: Arc::new(wake),
@@ -295,18 +309,41 @@ impl VirtioDevice for Vsock {
                 return Err(ActivateError::Worker(e));
             }
         }
+        let resumed = self.resumed;
         let handle = std::thread::Builder::new()
             .name("vsock-worker".into())
             .spawn(move || {
+                if resumed {
+                    if let Ok(w) = em.subscriber_mut(id) {
+                        w.post_transport_reset();
+                    }
+                }
                 while !stopped.load(Ordering::SeqCst) {
                     if em.run().is_err() {
                         break;
                     }
                 }
+                let w = em.subscriber_mut(id).ok()?;
+                Some(vec![
+                    super::QueuePos::of(RXQ, &w.rxq),
+                    super::QueuePos::of(TXQ, &w.txq),
+                    super::QueuePos::of(EVQ, &w.evq),
+                ])
             })
             .map_err(|e| ActivateError::Worker(e.to_string()))?;
         self.worker = Some(handle);
         Ok(())
+    }
+
+    fn pause(&mut self) -> Result<Vec<super::QueuePos>, String> {
+        // The VM's stop event has been written: the worker ends its loop.
+        let Some(w) = self.worker.take() else {
+            return Ok(Vec::new());
+        };
+        match w.join() {
+            Ok(Some(pos)) => Ok(pos),
+            _ => Err("the vsock worker ended without its queues".into()),
+        }
     }
 }
 
@@ -348,7 +385,7 @@ struct Worker {
     txq: Queue,
     /// The event queue: its buffers are kept, never used (no transport
     /// reset events are sent).
-    _evq: Queue,
+    evq: Queue,
     kicks: [EventFd; 3],
     stop: EventFd,
     wake: Arc<EventFd>,
@@ -429,6 +466,21 @@ impl MutEventSubscriber for Worker {
 impl Worker {
     /// Make all the progress there is to make, then interrupt the guest
     /// once if any buffer was used.
+    /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` in the first event buffer.
+    fn post_transport_reset(&mut self) {
+        let mem = self.mem.clone();
+        let Some(chain) = self.evq.pop_descriptor_chain(&mem) else {
+            return;
+        };
+        let head = chain.head_index();
+        let ok = chain
+            .writer(&mem)
+            .is_ok_and(|mut w| w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()).is_ok());
+        let used = if ok { 4 } else { 0 };
+        let _ = self.evq.add_used(&mem, head, used);
+        self.interrupt.signal_used_queue();
+    }
+
     fn run(&mut self) {
         loop {
             self.poll_hosts();
