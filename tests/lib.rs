@@ -1689,23 +1689,42 @@ pub fn guest_kernel_unavailable() -> Option<String> {
 /// Run a script of `tests/tests/lab/` inside the lab with `lab_args`, the
 /// given extra kernel parameters, and `args` after the script; returns the
 /// `CHECK` lines' verdicts after asserting the lab itself worked.
+///
+/// A lab whose guest froze as a whole (lab.sh stops it when its heartbeat
+/// stops: "the lab VM stopped responding") is run once more, with a note:
+/// that freeze of the nested TCG machine is an open problem of the test
+/// environment (docs/snapshots.md, "Known limitations"), and every check
+/// still has to pass in the second run.
 #[track_caller]
 pub fn run_lab_checks(lab_args: &[&str], append: &str, script: &str, args: &[String]) {
     let root = workspace_root();
-    let out = Command::new(root.join("tests/lab/lab.sh"))
-        .args(lab_args)
-        .args(if lab_args.contains(&"--timeout") {
-            &[][..]
-        } else {
-            &["--timeout", "600"][..]
-        })
-        .args(["--", "/bin/sh"])
-        .arg(root.join("tests/tests/lab").join(script))
-        .args(args)
-        .env("LAB_APPEND", append)
-        .current_dir("/")
-        .output()
-        .expect("run the lab");
+    let run = || {
+        Command::new(root.join("tests/lab/lab.sh"))
+            .args(lab_args)
+            .args(if lab_args.contains(&"--timeout") {
+                &[][..]
+            } else {
+                &["--timeout", "600"][..]
+            })
+            .args(["--", "/bin/sh"])
+            .arg(root.join("tests/tests/lab").join(script))
+            .args(args)
+            .env("LAB_APPEND", append)
+            .current_dir("/")
+            .output()
+            .expect("run the lab")
+    };
+    let mut out = run();
+    if out.status.code() == Some(97)
+        && String::from_utf8_lossy(&out.stderr).contains("the lab VM stopped responding")
+    {
+        eprintln!(
+            "note: lab {script}: the nested lab VM froze (no heartbeat); running it once more. \
+             First run's output:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        out = run();
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

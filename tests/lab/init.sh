@@ -19,6 +19,7 @@
 #   status  the command's exit status (written here)
 #   fatal   a one-line reason when the guest setup failed (written here)
 #   booted  written when the command is about to start (for timeout messages)
+#   heartbeat  touched every 5 s while the command runs (stall detection)
 #
 # The command's stdout and stderr are virtio-serial ports named lab.stdout
 # and lab.stderr. They are plain character devices, not terminals.
@@ -285,6 +286,10 @@ run_command() {
 	out=$(find_port lab.stdout) || fatal "virtio port lab.stdout not found"
 	err=$(find_port lab.stderr) || fatal "virtio port lab.stderr not found"
 	echo running >$S/booted
+	# The heartbeat: the host takes a lab whose heartbeat stops for long
+	# for a frozen guest and stops it (lab.sh, LAB_STALL_SECONDS).
+	(while :; do $BB touch $S/heartbeat; $BB sleep 5; done) </dev/null >/dev/null 2>&1 &
+	hb=$!
 	# A clean environment: only what lab.sh wrote into $S/env.
 	set --
 	while IFS= read -r kv; do
@@ -302,6 +307,7 @@ run_command() {
 	status=0
 	$BB env -i "$@" /bin/sh -c 'exec </dev/null >"$1" 2>"$2"; exec /bin/sh "$3"' \
 		sh "$out" "$err" $S/cmd </dev/null || status=$?
+	kill $hb 2>/dev/null
 	echo "$status" >$S/status.tmp && mv $S/status.tmp $S/status
 }
 

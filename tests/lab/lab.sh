@@ -42,7 +42,9 @@ options:
   --console          print the guest's kernel console on stderr afterwards
   -h, --help         this text
 
-environment: LAB_LOCK (the lock file that lets one lab VM run at a time,
+environment: LAB_STALL_SECONDS (stop a lab whose guest stopped its heartbeat
+for that long, default 120), LAB_MONITOR (a unix socket path for a QEMU monitor, to debug a
+stuck lab), LAB_LOCK (the lock file that lets one lab VM run at a time,
 default /tmp/sandbox-lab.lock; "none" to skip), LAB_CACHE_DIR (initramfs cache), LAB_KERNEL (a version from
 /lib/modules to boot instead of the newest non-running one), LAB_APPEND
 (extra kernel parameters, e.g. "loglevel=7" with --console),
@@ -411,6 +413,11 @@ qemu=(
 	-chardev "file,id=laberr,path=$tmp/err"
 	-device virtserialport,bus=vser.0,chardev=laberr,name=lab.stderr
 )
+# A QEMU monitor for debugging a stuck lab (e.g. `info registers -a`):
+# LAB_MONITOR=PATH makes it a unix socket there (socat - UNIX:PATH).
+if [ -n "${LAB_MONITOR:-}" ]; then
+	qemu+=(-monitor "unix:$LAB_MONITOR,server,nowait")
+fi
 if [ "$opt_selinux" = 1 ]; then
 	qemu+=(
 		-fsdev "local,id=hostmods,path=$(realpath /lib/modules),security_model=none,readonly=on"
@@ -439,6 +446,28 @@ fi
 "${pdeath_term[@]}" timeout --kill-after=5 "$opt_timeout" "${pdeath_kill[@]}" "${qemu[@]}" \
 	</dev/null >"$tmp/qemu.log" 2>&1 &
 qpid=$!
+# Stall detection: once the command runs, the guest touches
+# $share/heartbeat every 5 s. A nested guest frozen as a whole (seen
+# under TCG, docs/snapshots.md "Known limitations") stops it, and every
+# watchdog inside with it; stop such a lab after LAB_STALL_SECONDS
+# instead of at --timeout.
+stall=${LAB_STALL_SECONDS:-120}
+[[ $stall =~ ^[0-9]+$ ]] && [ "$stall" -gt 0 ] || fail "LAB_STALL_SECONDS must be a positive number of seconds, not '$stall'"
+stalled=''
+while kill -0 "$qpid" 2>/dev/null; do
+	if [ -e "$share/heartbeat" ] && [ ! -e "$share/status" ]; then
+		age=$(($(date +%s) - $(stat -c %Y "$share/heartbeat" 2>/dev/null || date +%s)))
+		if [ "$age" -gt "$stall" ]; then
+			stalled=$age
+			# qemu itself (its command line names this lab's console file),
+			# then the timeout chain around it.
+			pkill -KILL -f -- "file:$tmp/console.log" 2>/dev/null || true
+			kill -KILL "$qpid" 2>/dev/null || true
+			break
+		fi
+	fi
+	sleep 2
+done
 qrc=0
 wait "$qpid" || qrc=$?
 qpid=''
@@ -459,6 +488,9 @@ if [ "$opt_console" = 1 ] && [ -s "$tmp/console.log" ]; then
 	echo "lab: ---- end of guest console ----" >&2
 fi
 
+if [ -n "$stalled" ]; then
+	fail "the lab VM stopped responding: no heartbeat for ${stalled}s while the command ran (stopped; LAB_STALL_SECONDS=$stall)"
+fi
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
 	if [ -e "$share/booted" ]; then
 		fail "timed out after ${opt_timeout}s while the command was running"

@@ -212,10 +212,14 @@ done
 wait
 r1=$(sed -n 2p rng1.txt); r2=$(sed -n 2p rng2.txt)
 [ ${#r1} -eq 64 ] && [ ${#r2} -eq 64 ] && [ "$r1" != "$r2" ] && [ "$(head -1 rng1.txt):$(head -1 rng2.txt)" = clone1:clone2 ] && check snapshot-clones-own-rng-and-name ok || check snapshot-clones-own-rng-and-name "$(cat rng1.txt rng2.txt)"
-echo one >"$W/hostfile"
-a=$($R --from e2e -- cat "$W/hostfile" 2>&1)
-echo two >"$W/hostfile"
-b=$($R --from e2e -- cat "$W/hostfile" 2>&1)
+# Not under /tmp: the sandbox has its own /tmp. /var/tmp is the lab's
+# writable tmpfs that the root share shows.
+HF=$(mktemp /var/tmp/vm-e2e-hostfile.XXXXXX)
+echo one >"$HF"
+a=$($R --from e2e -- cat "$HF" 2>&1)
+echo two >"$HF"
+b=$($R --from e2e -- cat "$HF" 2>&1)
+rm -f "$HF"
 [ "$a:$b" = one:two ] && check snapshot-sees-changed-host-file ok || check snapshot-sees-changed-host-file "$a:$b"
 out=$($R --from e2e -v "$W/vol:/mnt" -- true 2>&1); rc=$?
 case "$rc:$out" in 125:*volumes*) check snapshot-shape-mismatch-refused ok ;; *) check snapshot-shape-mismatch-refused "rc=$rc $out" ;; esac
