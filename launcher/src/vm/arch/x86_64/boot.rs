@@ -118,7 +118,11 @@ pub fn load_kernel(mem: &Mem, path: &Path, format: Format) -> Result<LoadedKerne
                 .metadata()
                 .map_err(|e| elf_err(ElfError::Read(e.to_string())))?;
             let image = elf::parse(&file, meta.len(), mem, HIMEM_START).map_err(elf_err)?;
-            let l = elf::load(mem, &mut file, &image, elf::may_map(&meta)).map_err(elf_err)?;
+            // SANDBOX_VM_KERNEL_LOAD=copy: copy every segment instead of
+            // mapping it (to compare both; docs/vm.md).
+            let copy = std::env::var_os("SANDBOX_VM_KERNEL_LOAD").is_some_and(|v| v == "copy");
+            let l =
+                elf::load(mem, &mut file, &image, elf::may_map(&meta) && !copy).map_err(elf_err)?;
             Ok(LoadedKernel {
                 entry: l.entry,
                 kernel_end: l.end,
