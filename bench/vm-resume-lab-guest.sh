@@ -25,11 +25,11 @@ print("RUN", l, rc, w, vm.get("boot"), vm.get("init_ready_ms"), vm.get("command_
 PY
 }
 # The first automatic run makes this shape's snapshot.
-one create
+one create --warm
 i=0
 while [ $i -lt "$RUNS" ]; do
 	one cold --cold
-	one resume
+	one resume --warm
 	i=$((i + 1))
 done
 du -sh "$SANDBOX_SNAPSHOT_DIR" | sed 's/^/snapshot on disk: /'

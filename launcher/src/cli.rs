@@ -345,10 +345,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", requires = "vm")]
     pub kernel: Option<PathBuf>,
 
-    /// --vm: boot the kernel instead of resuming this VM shape's warm
-    /// snapshot (docs/snapshots.md)
-    #[arg(long, requires = "vm", conflicts_with = "from")]
+    /// --vm: boot the kernel (the default)
+    #[arg(long, requires = "vm", conflicts_with_all = ["from", "warm"])]
     pub cold: bool,
+
+    /// --vm: resume this VM shape's automatic snapshot, made on first use
+    /// (opt-in while resumes have known faults; docs/snapshots.md)
+    #[arg(long, requires = "vm", conflicts_with = "from")]
+    pub warm: bool,
 
     /// --vm: resume the snapshot NAME (made by `sandbox snapshot create`)
     #[arg(long, value_name = "NAME", requires = "vm")]

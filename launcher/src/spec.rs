@@ -160,10 +160,11 @@ pub struct User {
 /// How a micro-VM starts.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum VmBoot {
-    /// Resume this shape's automatic snapshot, creating it on first use.
-    #[default]
+    /// Resume this shape's automatic snapshot, creating it on first use
+    /// (`--warm`).
     Auto,
-    /// Boot the kernel (`--cold`).
+    /// Boot the kernel (the default, or `--cold`).
+    #[default]
     Cold,
     /// Resume the named snapshot (`--from NAME`).
     From(String),
@@ -202,7 +203,7 @@ pub struct Spec {
     /// Run in a micro-VM (`--vm`), with this guest kernel if given.
     pub vm: bool,
     pub vm_kernel: Option<PathBuf>,
-    /// How the micro-VM starts (`--cold`, `--from NAME`; docs/snapshots.md).
+    /// How the micro-VM starts (`--cold`, `--warm`, `--from NAME`; docs/snapshots.md).
     pub vm_boot: VmBoot,
     /// `--user dynamic`: `user` is filled in by the launcher from the
     /// configured range once the id is locked.
@@ -784,10 +785,11 @@ pub fn resolve_with(args: &RunArgs, loaded: &Loaded, caller: &Caller) -> Result<
         dynamic_user,
         vm: args.vm,
         vm_kernel: args.kernel.clone(),
-        vm_boot: match (&args.from, args.cold) {
+        vm_boot: match (&args.from, args.warm) {
             (Some(name), _) => VmBoot::From(name.clone()),
-            (None, true) => VmBoot::Cold,
-            (None, false) => VmBoot::Auto,
+            (None, true) => VmBoot::Auto,
+            // --cold, or nothing: cold boots are the default (D12).
+            (None, false) => VmBoot::Cold,
         },
         security_label,
         exec_label: None,

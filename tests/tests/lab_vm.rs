@@ -35,16 +35,24 @@ fn vm_e2e(mode: &str) {
     );
 }
 
-/// Every run resumes its VM shape's snapshot, as `sandbox run --vm` does
-/// by default (the first of each shape makes it).
+/// Every run boots cold, as `sandbox run --vm` does by default; the
+/// suite's snapshot part resumes named snapshots (`--from`).
 #[test]
 fn vm_backend_end_to_end_in_the_lab() {
-    vm_e2e("resume");
+    vm_e2e("cold");
 }
 
-/// The same suite with every run booting cold (`--cold`): the results
-/// must be those of the resumed runs (docs/snapshots.md).
+/// The same suite with every run resuming its VM shape's automatic
+/// snapshot (`--warm`): the results must be those of the cold runs.
+/// Opt-in (`SANDBOX_LAB_VM_RESUME=1`) while that mode has known
+/// intermittent faults, listed in docs/snapshots.md ("Known limitations").
 #[test]
-fn vm_backend_end_to_end_cold_boot_in_the_lab() {
-    vm_e2e("cold");
+fn vm_backend_end_to_end_resumed_in_the_lab() {
+    if std::env::var_os("SANDBOX_LAB_VM_RESUME").is_none_or(|v| v != "1") {
+        skip!(
+            "the resume-mode lab suite is opt-in (SANDBOX_LAB_VM_RESUME=1): it has known \
+             intermittent faults (lost output, a reset, a frozen lab; docs/snapshots.md)"
+        );
+    }
+    vm_e2e("resume");
 }

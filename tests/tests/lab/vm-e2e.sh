@@ -1,10 +1,10 @@
 #!/bin/sh
 # Run INSIDE the nested lab VM booted with --kvm (real nested KVM), as root,
 # by lab_vm.rs. $1: the sandbox launcher. $2: uid of an unprivileged
-# account. $3: "resume" (default: every run resumes its VM shape's warm
-# snapshot, made on first use, as `sandbox run --vm` does by default) or
-# "cold" (every run boots the kernel: --cold); the checks are the same and
-# must give the same results (docs/snapshots.md). The end-to-end cases of the namespace backend, against --vm:
+# account. $3: "cold" (default: every run boots the kernel, as `sandbox
+# run --vm` does by default) or "resume" (every run resumes its VM shape's
+# automatic snapshot, made on first use: --warm); the checks are the same
+# and must give the same results (docs/snapshots.md). The end-to-end cases of the namespace backend, against --vm:
 # every `$S run --vm` below boots a micro-VM of our own VMM with our
 # kernel. Prints "CHECK <name> ok" or "CHECK <name> FAIL ..." and DONE.
 S=$1
@@ -22,13 +22,13 @@ VR="$S run --vm"
 V="timeout --foreground -k 5 300 $S run --vm"
 W=$(mktemp -d /tmp/vm-e2e.XXXXXX)
 cd "$W" || exit 1
-MODE=${3:-resume}
+MODE=${3:-cold}
 export SANDBOX_SNAPSHOT_DIR="$W/snaps"
 # C always boots cold: the checks of the boot itself.
 C="timeout --foreground -k 5 300 $S run --vm --cold"
 case $MODE in
-cold) V="$V --cold"; VR="$VR --cold" ;;
-resume) ;;
+cold) ;;
+resume) V="$V --warm"; VR="$VR --warm" ;;
 *) echo "vm-e2e.sh: mode must be resume or cold, not $MODE" >&2; exit 2 ;;
 esac
 echo "vm-e2e.sh: mode $MODE"
