@@ -601,15 +601,26 @@ impl Cgroup {
     }
 
     /// Remove the cgroup directories (the sandbox's processes are gone).
+    ///
+    /// A cgroup stays busy (EBUSY) for a moment after its last task was
+    /// reaped, typically well under a millisecond, so the retries start at
+    /// 50 µs and double up to 2 ms (about 100 ms in all before giving up):
+    /// a fixed 2 ms sleep made every run with limits 2-6 ms slower.
     pub fn remove(&mut self) {
         for d in self.dirs.drain(..).rev() {
-            for _ in 0..50 {
+            let mut wait = Duration::from_micros(50);
+            let mut waited = Duration::ZERO;
+            loop {
                 match fs::remove_dir(&d) {
-                    Ok(()) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        std::thread::sleep(Duration::from_millis(2))
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY)
+                            && waited < Duration::from_millis(100) =>
+                    {
+                        std::thread::sleep(wait);
+                        waited += wait;
+                        wait = (wait * 2).min(Duration::from_millis(2));
                     }
-                    Err(_) => break,
+                    _ => break,
                 }
             }
         }
