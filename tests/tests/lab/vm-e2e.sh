@@ -77,8 +77,8 @@ $V -- sh -c 'echo to-out; echo to-err >&2' >out.txt 2>err.txt
 out=$(printf 'line1\nline2\n' | $V -- cat 2>&1)
 [ "$out" = "line1
 line2" ] && check stdin-passes ok || check stdin-passes "$out"
-n=$($V -- head -c 20000000 /dev/zero 2>/dev/null | wc -c)
-[ "$n" -eq 20000000 ] && check large-output ok || check large-output "got $n bytes"
+n=$($V --receipt big.json -- head -c 20000000 /dev/zero 2>big.err | wc -c)
+[ "$n" -eq 20000000 ] && check large-output ok || check large-output "got $n bytes; stderr: $(tr '\n' ' ' <big.err | cut -c1-300); $(grep -E '"(boot|command_exited_ms|output_drained_ms|vm_stopped_ms)"' big.json | tr -d '\n ')"
 n=$(head -c 5000000 /dev/zero | $V -- wc -c 2>&1)
 [ "$n" -eq 5000000 ] && check large-input ok || check large-input "got $n"
 
@@ -187,10 +187,11 @@ $V --receipt ll.json -- true >/dev/null 2>&1
 grep -q '"abi"' ll.json && check landlock-in-guest ok || check landlock-in-guest "$(grep -A3 landlock ll.json)"
 
 # Several VMs at once do not collide.
-for i in 1 2 3 4; do $V -- sh -c "echo vm-$i" >"c$i.txt" 2>&1 & done
+# Each guest's kernel log is kept, to tell why one failed.
+for i in 1 2 3 4; do SANDBOX_VM_CONSOLE="$W/console$i.txt" $V -- sh -c "echo vm-$i" >"c$i.txt" 2>&1 & done
 wait
 ok=0; for i in 1 2 3 4; do [ "$(cat c$i.txt)" = "vm-$i" ] && ok=$((ok+1)); done
-[ $ok -eq 4 ] && check concurrent-vms ok || check concurrent-vms "$(cat c1.txt c2.txt c3.txt c4.txt)"
+[ $ok -eq 4 ] && check concurrent-vms ok || check concurrent-vms "$(cat c1.txt c2.txt c3.txt c4.txt) $(for i in 1 2 3 4; do [ "$(cat c$i.txt)" = "vm-$i" ] || { echo "[console $i:"; tail -n 15 "$W/console$i.txt" 2>/dev/null | tr '\n' '|'; echo "]"; }; done)"
 
 # Snapshots (docs/snapshots.md): named ones, the state file checks, clone
 # safety, crash-safe writes.
