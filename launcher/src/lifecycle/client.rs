@@ -382,17 +382,10 @@ fn exec_inner(name: &str, o: &ExecOpts) -> Result<i32> {
         name: name.into(),
         reason,
     };
-    // Signals for the exec'd process, blocked before it exists.
-    let sigs = [
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGQUIT,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-        libc::SIGWINCH,
-    ];
-    let sigfd = sys::signalfd_for(&sigs).map_err(|e| proto(e.to_string()))?;
+    // Signals for the exec'd process (the ones a run forwards), blocked
+    // before it exists.
+    let sigfd = sys::signalfd_for(&sandbox_proto::unix::FORWARDED_SIGNALS)
+        .map_err(|e| proto(e.to_string()))?;
     let sock = connect(&f)?;
     let null: Option<OwnedFd> = if o.interactive {
         None
