@@ -5,7 +5,7 @@
 S=$1
 U=$2
 PY=/usr/bin/python3
-check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $2"; fi; }
+check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $(printf '%s' "$2" | tr '\n' '|')"; fi; }
 
 out=$($S run --memory 64m --pids 50 --receipt /tmp/r.json -- sh -c 'cat /proc/self/cgroup; cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max' 2>&1)
 case "$out" in *"0::/"*67108864*50*) check limits-visible-inside ok ;; *) check limits-visible-inside "$out" ;; esac

@@ -2,7 +2,7 @@
 # Run INSIDE the nested lab booted WITHOUT Landlock (lsm= list without it),
 # by lab_landlock.rs. $1: the sandbox launcher.
 S=$1
-check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $2"; fi; }
+check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $(printf '%s' "$2" | tr '\n' '|')"; fi; }
 case "$(cat /sys/kernel/security/lsm)" in *landlock*) echo "CHECK no-landlock-in-lab FAIL landlock active"; echo DONE; exit 0 ;; esac
 out=$($S run --landlock require -- echo ran 2>&1); rc=$?
 case "$rc:$out" in 125:*"Landlock is not available"*) check require-fails-closed ok ;; *) check require-fails-closed "rc=$rc $out" ;; esac

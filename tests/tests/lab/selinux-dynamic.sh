@@ -8,7 +8,7 @@
 # labelled runs (checked below); most checks also write into volumes.
 S=$1
 POL=$2
-check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $2"; fi; }
+check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $(printf '%s' "$2" | tr '\n' '|')"; fi; }
 label() { stat -c %C "$1" 2>/dev/null; }
 Q="$S run --security-label"
 

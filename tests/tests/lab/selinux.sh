@@ -2,7 +2,7 @@
 # Run INSIDE the nested lab booted with --selinux (enforcing), by
 # lab_selinux.rs. $1: the sandbox launcher.
 S=$1
-check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $2"; fi; }
+check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $(printf '%s' "$2" | tr '\n' '|')"; fi; }
 [ "$(cat /sys/fs/selinux/enforce)" = 1 ] && check enforcing ok || check enforcing "not enforcing"
 ctx=unconfined_u:unconfined_r:unconfined_t:s0:c5,c6
 out=$($S run --security-label "static:$ctx" -- cat /proc/self/attr/current 2>&1 | tr -d '\0'); rc=$?

@@ -6,7 +6,7 @@
 S=$1
 export SANDBOX_INIT=$2
 PY=/usr/bin/python3
-check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $2"; fi; }
+check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $(printf '%s' "$2" | tr '\n' '|')"; fi; }
 mainpid() { systemctl show -p MainPID --value "$1"; }
 # Commands still alive, by the start of their command line.
 alive() { pgrep -f "^$1" | wc -l; }

@@ -13,7 +13,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 T0=$(date +%s)
 check() {
 	t=$(($(date +%s) - T0))
-	if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $2"; fi
+	# One line per check: the harness keeps only CHECK lines, so a detail
+	# with newlines would lose everything after its first line.
+	if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $(printf '%s' "$2" | tr '\n' '|')"; fi
 	echo "  (${t}s)" >&2
 }
 # Every run has a watchdog, so a hung run fails its own check instead of
