@@ -173,6 +173,8 @@ fn run(backend: Backend, mut early: Option<StepError>) -> i32 {
         spec: &spec,
         userns,
         execs: Vec::new(),
+        backend,
+        relays: Vec::new(),
     };
     sup.run(&sigfd, rx, relay)
 }
@@ -245,6 +247,9 @@ struct Supervisor<'a> {
     userns: Option<OwnedFd>,
     /// (pid, exec id) of the exec'd processes still running.
     execs: Vec<(libc::pid_t, u32)>,
+    backend: Backend,
+    /// The pty relays of `sandbox exec -t` in a VM, by exec id.
+    relays: Vec<(u32, relay::Relay)>,
 }
 
 impl Supervisor<'_> {
@@ -256,6 +261,8 @@ impl Supervisor<'_> {
         }
         loop {
             let rfds = relay.as_ref().map(relay::Relay::pollfds);
+            let exec_rfds: Vec<libc::pollfd> =
+                self.relays.iter().flat_map(|(_, r)| r.pollfds()).collect();
             let mut fds = vec![
                 libc::pollfd {
                     fd: sigfd.as_raw_fd(),
@@ -269,13 +276,20 @@ impl Supervisor<'_> {
                 },
             ];
             fds.extend(rfds.iter().flatten());
+            let exec_at = fds.len();
+            fds.extend(exec_rfds);
             // SAFETY: `fds` is a valid array of pollfd of the given length.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
             if n < 0 {
                 continue;
             }
             if let Some(r) = relay.as_mut() {
-                r.handle(&fds[2..]);
+                r.handle(&fds[2..exec_at]);
+            }
+            for (k, (_, r)) in self.relays.iter_mut().enumerate() {
+                if let Some(p) = fds.get(exec_at + 4 * k..exec_at + 4 * k + 4) {
+                    r.handle(p);
+                }
             }
             if fds[0].revents & libc::POLLIN != 0 {
                 if let Some(sig) = read_signal(sigfd) {
@@ -326,12 +340,21 @@ impl Supervisor<'_> {
         match m {
             HostMsg::Signal(s) => forward(self.pid, s),
             HostMsg::Exec { id, spec } => {
+                if self.backend == Backend::Vm {
+                    self.exec_in_vm(id, &spec);
+                    return;
+                }
                 let fds = if spec.tty.is_none() {
                     rx.take_first(3)
                 } else {
                     Vec::new()
                 };
                 self.exec(id, &spec, fds);
+            }
+            HostMsg::ExecResize { id, rows, cols } => {
+                if let Some((_, r)) = self.relays.iter().find(|(i, _)| *i == id) {
+                    r.resize(rows, cols);
+                }
             }
             HostMsg::ExecSignal { id, sig } => {
                 if let Some((pid, _)) = self.execs.iter().find(|(_, i)| *i == id) {
@@ -351,10 +374,51 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Start an exec'd process with the command's confinement.
-    fn exec(&mut self, id: u32, e: &sandbox_proto::ExecSpec, fds: Vec<OwnedFd>) {
+    /// `sandbox exec` in a VM: connect the exec's three vsock streams
+    /// (nothing can be attached to a vsock frame), then start it as
+    /// [`Supervisor::exec`] does; with a pty, relay between the pty and
+    /// the streams.
+    fn exec_in_vm(&mut self, id: u32, e: &sandbox_proto::ExecSpec) {
+        let ports = sandbox_proto::vm::exec_ports(id);
+        let hows = [libc::SHUT_WR, libc::SHUT_RD, libc::SHUT_RD];
+        let mut streams = Vec::with_capacity(3);
+        for (port, how) in ports.into_iter().zip(hows) {
+            match vm::connect_exec_stream(port, how) {
+                Ok(s) => streams.push(s),
+                Err(errno) => {
+                    let err = StepError::new(
+                        "exec-vsock",
+                        format!("vsock:{}:{port}", sandbox_proto::vm::HOST_CID),
+                        errno,
+                    )
+                    .detail("cannot connect the exec's stdio stream to the host");
+                    let failure = sandbox_proto::ExecFailure::Setup(err.into_proto());
+                    let _ = chan::send(&InitMsg::ExecNotStarted { id, failure }, None);
+                    return;
+                }
+            }
+        }
+        if e.tty.is_none() {
+            self.exec(id, e, streams);
+            return;
+        }
+        // With a pty, stderr is not used: dropping it closes it.
+        let Ok([input, output, _stderr]) = <[OwnedFd; 3]>::try_from(streams) else {
+            return;
+        };
+        if let Some(master) = self.exec(id, e, Vec::new()) {
+            self.relays
+                .push((id, relay::Relay::for_pty_streams(master, input, output)));
+        }
+    }
+
+    /// Start an exec'd process with the command's confinement. Returns the
+    /// pty master when init is to keep it (a VM); otherwise it goes to the
+    /// launcher with `ExecStarted`.
+    fn exec(&mut self, id: u32, e: &sandbox_proto::ExecSpec, fds: Vec<OwnedFd>) -> Option<OwnedFd> {
         let fail = |failure| {
             let _ = chan::send(&InitMsg::ExecNotStarted { id, failure }, None);
+            None
         };
         let Some(userns) = self.userns.as_ref() else {
             let err = StepError::new("exec-join", "/proc/COMMAND/ns/user", libc::ENOENT);
@@ -386,8 +450,17 @@ impl Supervisor<'_> {
             stdio,
         };
         match command::spawn_joined(&spec, join) {
-            Ok(child) => {
+            Ok(mut child) => {
                 self.execs.push((child.pid, id));
+                if self.backend == Backend::Vm {
+                    let started = InitMsg::ExecStarted {
+                        id,
+                        pid: child.pid,
+                        pty: false,
+                    };
+                    let _ = chan::send(&started, None);
+                    return child.master.take();
+                }
                 let master = child.master.as_ref().map(AsRawFd::as_raw_fd);
                 let started = InitMsg::ExecStarted {
                     id,
@@ -395,9 +468,10 @@ impl Supervisor<'_> {
                     pty: master.is_some(),
                 };
                 let _ = chan::send(&started, master);
+                None
             }
             Err(command::SpawnError::Setup(e)) => {
-                fail(sandbox_proto::ExecFailure::Setup(e.into_proto()));
+                fail(sandbox_proto::ExecFailure::Setup(e.into_proto()))
             }
             Err(command::SpawnError::Exec {
                 program,
@@ -426,6 +500,12 @@ impl Supervisor<'_> {
                 result = Some(decode_status(status));
             } else if let Some(i) = self.execs.iter().position(|(p, _)| *p == r) {
                 let (_, id) = self.execs.swap_remove(i);
+                if let Some(k) = self.relays.iter().position(|(i, _)| *i == id) {
+                    // Its output first; dropping the relay closes the
+                    // streams (the host sees end of file).
+                    let (_, mut r) = self.relays.swap_remove(k);
+                    r.drain();
+                }
                 let status = decode_status(status);
                 let _ = chan::send(&InitMsg::ExecExited { id, status }, None);
             }

@@ -10,7 +10,9 @@
 //!   (no descriptor crosses vsock), so init copies between it and its own
 //!   stdin/stdout, the host's vsock streams ([`Relay::for_pty`]). The end of
 //!   the host's stdin becomes the pty's end-of-file character, as in the
-//!   launcher's own pty loop, and `Resize` is applied to the master.
+//!   launcher's own pty loop, and `Resize` is applied to the master. A
+//!   `sandbox exec -t` in a VM gets a relay of its own between its pty and
+//!   its vsock streams ([`Relay::for_pty_streams`]).
 //!
 //! Single-threaded and never blocked by the command: stdin is read only
 //! when what was read before has been written, with non-blocking writes;
@@ -76,6 +78,20 @@ impl Relay {
         Relay {
             caller: [dup_cloexec(0), dup_cloexec(1), None],
             ends: [input, Some(master), None],
+            pending: Vec::new(),
+            pty: true,
+            last_in: None,
+        }
+    }
+
+    /// Relay between `input`/`output` (a VM exec's vsock streams) and the
+    /// exec'd process's pty `master`.
+    pub fn for_pty_streams(master: OwnedFd, input: OwnedFd, output: OwnedFd) -> Self {
+        set_nonblocking(master.as_raw_fd());
+        let dup = dup_cloexec(master.as_raw_fd());
+        Relay {
+            caller: [Some(input), Some(output), None],
+            ends: [dup, Some(master), None],
             pending: Vec::new(),
             pty: true,
             last_in: None,

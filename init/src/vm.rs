@@ -313,6 +313,16 @@ fn connect_onto(port: u32, target: RawFd, how: Option<libc::c_int>) -> Result<()
     Ok(())
 }
 
+/// One stream of a `sandbox exec` (ports `sandbox_proto::vm::exec_ports`,
+/// which the host opened before it sent the request), half-closed by
+/// `how` as the command's own stdio is.
+pub fn connect_exec_stream(port: u32, how: libc::c_int) -> Result<OwnedFd, Errno> {
+    let sock = connect(port)?;
+    // SAFETY: shutdown of a connected socket we own.
+    sys::check(unsafe { libc::shutdown(sock.as_raw_fd(), how) }.into())?;
+    Ok(sock)
+}
+
 fn connect(port: u32) -> Result<OwnedFd, Errno> {
     let deadline = Instant::now() + CONNECT_FOR;
     loop {

@@ -226,9 +226,9 @@ fn run_inner(
         .ready
         .as_deref()
         .map_or(Ok(Ready::Started), Ready::parse)?;
-    if spec.vm && (args.detach || ready != Ready::Started) {
+    if spec.vm && ready == Ready::Notify {
         return Err(RunError::Lifecycle(
-            "--detach and --ready are not supported with --vm yet (docs/services.md)".into(),
+            crate::lifecycle::notify::VM_NOTIFY_REFUSED.into(),
         ));
     }
     let _name = NameLock::acquire(&spec.name)?;
@@ -239,10 +239,8 @@ fn run_inner(
     let sigfd = sys::signalfd_for(&session::FORWARDED)
         .map_err(|e| RunError::Signals(crate::errors::io_reason(&e)))?;
     if spec.vm {
-        // The VM backend has no control socket yet: ps and inspect see it,
-        // and systemd is told it is ready when the guest is launched.
-        live.set(Phase::Running);
-        live.now_ready();
+        // The VM's supervision loop calls `sandbox_started` when init
+        // reports the command started.
         return run_vm(spec_out.insert(spec), &sigfd, ctx);
     }
     let (_dynamic, prepared) = dynamic_user(&mut spec, caller)?;
@@ -265,7 +263,13 @@ fn run_inner(
     ctx.enforced = Some(running.enforced);
     ctx.limits_not_enforced = not_enforced;
     if let Some(live) = ctx.live.as_mut() {
-        sandbox_started(live, spec, &running, &ctx.limits_not_enforced);
+        sandbox_started(
+            live,
+            spec,
+            Some(running.init_pid),
+            &running.enforced,
+            &ctx.limits_not_enforced,
+        );
     }
     for feature in receipt::not_enforced(spec, Some(&running.enforced), &[]) {
         if !warned.contains(&feature) {
@@ -394,12 +398,19 @@ fn begin_lifecycle(args: &RunArgs, spec: &mut Spec, live: &mut Live) -> Result<(
 }
 
 /// The command runs: record it, open the control socket, and (default
-/// readiness) tell systemd and a detached caller.
-fn sandbox_started(live: &mut Live, spec: &Spec, running: &Running, limits: &[&'static str]) {
+/// readiness) tell systemd and a detached caller. Both backends (a VM has
+/// no host pid for init).
+pub(crate) fn sandbox_started(
+    live: &mut Live,
+    spec: &Spec,
+    init_pid: Option<i32>,
+    enforced: &sandbox_proto::Enforced,
+    limits: &[&'static str],
+) {
     use std::os::unix::ffi::OsStrExt;
     if let Some(t) = live.tracker.as_mut() {
-        t.rec.init_pid = Some(running.init_pid);
-        t.rec.isolation = receipt::isolation(spec, Some(&running.enforced), limits);
+        t.rec.init_pid = init_pid;
+        t.rec.isolation = receipt::isolation(spec, Some(enforced), limits);
         let base = ExecBase {
             env: spec
                 .env
@@ -434,7 +445,7 @@ fn run_vm(spec: &Spec, sigfd: &OwnedFd, ctx: &mut RunCtx) -> Result<Outcome, Run
     let raw = (spec.tty && tty::is_tty(0))
         .then(|| tty::RawMode::enable(0))
         .flatten();
-    let result = crate::vm::launch::run(spec, sigfd, &mut report);
+    let result = crate::vm::launch::run(spec, sigfd, &mut report, ctx.live.as_mut());
     drop(raw);
     let after = self_rusage();
     ctx.enforced = report.enforced;

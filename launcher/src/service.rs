@@ -215,18 +215,19 @@ fn check_run(name: &str, args: &[String]) -> Result<(), ServiceError> {
     if run.tty {
         return Err(refuse("--tty", "a service has no terminal"));
     }
-    if let Some(r) = &run.ready {
-        crate::lifecycle::notify::Ready::parse(r).map_err(|e| ServiceError::BadRun {
-            name: name.into(),
-            reason: e.to_string(),
-        })?;
+    let bad = |reason: String| ServiceError::BadRun {
+        name: name.into(),
+        reason,
+    };
+    let ready = match &run.ready {
+        Some(r) => Some(crate::lifecycle::notify::Ready::parse(r).map_err(|e| bad(e.to_string()))?),
+        None => None,
+    };
+    let spec = crate::spec::resolve(&run, &crate::spec::Caller::current())
+        .map_err(|e| bad(e.to_string()))?;
+    if spec.vm && ready == Some(crate::lifecycle::notify::Ready::Notify) {
+        return Err(bad(crate::lifecycle::notify::VM_NOTIFY_REFUSED.into()));
     }
-    crate::spec::resolve(&run, &crate::spec::Caller::current()).map_err(|e| {
-        ServiceError::BadRun {
-            name: name.into(),
-            reason: e.to_string(),
-        }
-    })?;
     Ok(())
 }
 

@@ -197,7 +197,7 @@ pub fn supervise(
                     Action::ExecSignal { id, sig } => {
                         let _ = run.chan.send(&HostMsg::ExecSignal { id, sig });
                     }
-                    Action::None => {}
+                    Action::ExecResize { .. } | Action::None => {}
                 }
             }
         }

@@ -18,7 +18,8 @@
 //!    and, while the command runs (lifecycle, `sandbox exec` and
 //!    readiness probes): [`HostMsg::Exec`] -> [`InitMsg::ExecStarted`] or
 //!    [`InitMsg::ExecNotStarted`], later [`InitMsg::ExecExited`];
-//!    [`HostMsg::ExecSignal`]; [`HostMsg::ProbeTcp`] -> [`InitMsg::Probe`],
+//!    [`HostMsg::ExecSignal`], [`HostMsg::ExecResize`] (a VM exec's pty);
+//!    [`HostMsg::ProbeTcp`] -> [`InitMsg::Probe`],
 //! 5. init -> [`InitMsg::Exited`], then init exits (in a VM: waits for the
 //!    launcher to close the channel, then reboots the guest; see [`vm`]).
 
@@ -30,7 +31,7 @@ pub mod unix;
 pub mod vm;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Largest frame either side accepts (argv + environment can approach
 /// `ARG_MAX`, 2 MiB on Linux, so leave room above that).
@@ -51,10 +52,15 @@ pub enum HostMsg {
     Resize { rows: u16, cols: u16 },
     /// Start one more process in the running sandbox with the command's
     /// confinement (`sandbox exec`). Without a pty, its stdin, stdout and
-    /// stderr are attached to this frame (`SCM_RIGHTS`, three fds).
+    /// stderr are attached to this frame (`SCM_RIGHTS`, three fds). In a
+    /// VM nothing can be attached: init connects the vsock ports
+    /// [`vm::exec_ports`]`(id)` instead, with or without a pty.
     Exec { id: u32, spec: Box<ExecSpec> },
     /// Deliver a signal to the exec'd process `id`.
     ExecSignal { id: u32, sig: i32 },
+    /// The size of exec `id`'s pty changed (VM backend, where init keeps
+    /// the master; elsewhere the client holds it and resizes it itself).
+    ExecResize { id: u32, rows: u16, cols: u16 },
     /// Does a TCP connection to 127.0.0.1:`port` inside the sandbox
     /// succeed? (readiness `--ready tcp:PORT`)
     ProbeTcp { port: u16 },
@@ -291,6 +297,11 @@ mod tests {
                 }),
             },
             HostMsg::ExecSignal { id: 7, sig: 15 },
+            HostMsg::ExecResize {
+                id: 7,
+                rows: 50,
+                cols: 132,
+            },
             HostMsg::ProbeTcp { port: 8080 },
         ];
         let mut fb = FrameBuf::new();
@@ -349,6 +360,12 @@ mod tests {
             vm::STDERR_PORT,
         ];
         assert_eq!(ports, [1024, 1025, 1026, 1027]);
+        // Exec triples sit above the fixed ports, never overlap, and the
+        // largest id does not overflow.
+        assert_eq!(vm::exec_ports(0), [0x1_0000, 0x1_0001, 0x1_0002]);
+        assert_eq!(vm::exec_ports(1)[0], vm::exec_ports(0)[2] + 1);
+        assert_eq!(vm::exec_ports(vm::EXEC_PORT_SLOTS), vm::exec_ports(0));
+        assert!(vm::exec_ports(u32::MAX)[2] > vm::STDERR_PORT);
         assert!(vm::ROOT_TAG.len() <= vm::MAX_TAG_LEN);
         assert!(vm::volume_tag(usize::MAX).len() <= vm::MAX_TAG_LEN);
         assert!(vm::INIT_VM_ARG.starts_with("--"));

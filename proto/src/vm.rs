@@ -27,6 +27,20 @@ pub const STDIN_PORT: u32 = 1025;
 pub const STDOUT_PORT: u32 = 1026;
 /// The command's stderr (guest -> host); unused (closed) with a tty.
 pub const STDERR_PORT: u32 = 1027;
+/// The first vsock port of `sandbox exec` streams (above the fixed ones).
+pub const EXEC_PORT_BASE: u32 = 0x1_0000;
+/// Exec ids map onto this many port triples, then wrap (the launcher
+/// never has two live execs with the same triple).
+pub const EXEC_PORT_SLOTS: u32 = 0x1000_0000;
+
+/// The stdin, stdout and stderr ports of exec `id` (guest connects, as
+/// for the command's stdio; with a pty, stdout carries the terminal and
+/// stderr is connected and closed at once).
+pub fn exec_ports(id: u32) -> [u32; 3] {
+    let first = EXEC_PORT_BASE + (id % EXEC_PORT_SLOTS) * 3;
+    [first, first + 1, first + 2]
+}
+
 /// The 9p tag of the host root share.
 pub const ROOT_TAG: &str = "sandbox-root";
 /// Longest 9p mount tag the backend uses. The virtio-9p config space has a

@@ -8,6 +8,8 @@
 //! with nothing left, 100 restarts with never two sandboxes, kill -9 of the
 //! main process (restarted, nothing leaked), remove, and gc finding nothing.
 //!
+//! `systemd_vm_units_in_the_lab` drives a `--vm` unit the same way.
+//!
 //! Skipped, with the reason, where the lab cannot run.
 
 use sandbox_e2e::*;
@@ -22,6 +24,29 @@ fn systemd_units_in_the_lab() {
         &["--systemd", "--cgroup2", "--timeout", "900"],
         "",
         "systemd.sh",
+        &[
+            b.sandbox.display().to_string(),
+            b.init.display().to_string(),
+        ],
+    );
+}
+
+/// The same for the micro-VM backend (`lab/systemd-vm.sh`): a unit written
+/// by `service install --vm`, where the VM is the service. Needs nested
+/// KVM in the lab (`--kvm`) and our guest kernel.
+#[test]
+fn systemd_vm_units_in_the_lab() {
+    if let Some(why) = lab_unavailable() {
+        skip!("{why}");
+    }
+    if let Some(why) = guest_kernel_unavailable() {
+        skip!("{why}");
+    }
+    let b = bins_for_others();
+    run_lab_checks(
+        &["--systemd", "--cgroup2", "--kvm", "--timeout", "900"],
+        "",
+        "systemd-vm.sh",
         &[
             b.sandbox.display().to_string(),
             b.init.display().to_string(),

@@ -32,8 +32,6 @@ pub enum ClientError {
         "sandbox '{0}' is not running: its launcher died (run `sandbox gc` to remove what it left)"
     )]
     Dead(String),
-    #[error("{what} is not supported with --vm yet (sandbox '{name}')")]
-    Vm { what: &'static str, name: String },
     #[error("cannot reach sandbox '{name}': {reason}")]
     Connect { name: String, reason: String },
     #[error("invalid signal '{0}': expected a number 1-64 or a name such as TERM, SIGHUP, KILL")]
@@ -98,8 +96,8 @@ fn find(name: &str) -> Result<Found> {
     Ok(Found { dir, rec, live })
 }
 
-/// A sandbox that must be running, for `what` (refused with --vm).
-fn find_running(name: &str, what: &'static str) -> Result<Found> {
+/// A sandbox that must be running (for `exec`, `stop`, `kill`).
+fn find_running(name: &str) -> Result<Found> {
     let f = find(name)?;
     if f.rec.state == Phase::Exited {
         return Err(ClientError::Exited {
@@ -109,12 +107,6 @@ fn find_running(name: &str, what: &'static str) -> Result<Found> {
     }
     if !f.live {
         return Err(ClientError::Dead(name.into()));
-    }
-    if f.rec.backend == "vm" {
-        return Err(ClientError::Vm {
-            what,
-            name: name.into(),
-        });
     }
     Ok(f)
 }
@@ -271,7 +263,7 @@ pub fn parse_signal(s: &str) -> Result<i32> {
 pub fn kill(name: &str, signal: Option<&str>) -> i32 {
     report((|| {
         let signal = signal.map_or(Ok(libc::SIGKILL), parse_signal)?;
-        let f = find_running(name, "kill")?;
+        let f = find_running(name)?;
         let sock = connect(&f)?;
         request(&f, sock.as_raw_fd(), &Request::Kill { signal })?;
         Ok(0)
@@ -301,7 +293,7 @@ pub fn stop(name: &str, time: Option<&str>) -> i32 {
             }
             None => Duration::from_secs(10),
         };
-        let f = match find_running(name, "stop") {
+        let f = match find_running(name) {
             Err(ClientError::Exited { .. }) => {
                 eprintln!("sandbox: '{name}' has already exited");
                 return Ok(0);
@@ -366,7 +358,7 @@ fn exec_inner(name: &str, o: &ExecOpts) -> Result<i32> {
             env.push(kv);
         }
     }
-    let f = find_running(name, "exec")?;
+    let f = find_running(name)?;
     let tty = o
         .tty
         .then(|| crate::tty::window_size(0).unwrap_or((24, 80)));
@@ -393,7 +385,11 @@ fn exec_inner(name: &str, o: &ExecOpts) -> Result<i32> {
         std::fs::File::open("/dev/null").ok().map(Into::into)
     };
     let stdin = null.as_ref().map_or(0, AsRawFd::as_raw_fd);
-    let fds: Vec<RawFd> = if tty.is_some() {
+    // In a VM the pty stays in the guest (init relays it over vsock): the
+    // client's own stdio is attached even with a terminal, and the VMM
+    // copies it; here only raw mode and the window size are ours.
+    let vm = f.rec.backend == "vm";
+    let fds: Vec<RawFd> = if tty.is_some() && !vm {
         Vec::new()
     } else {
         vec![stdin, 1, 2]
@@ -420,6 +416,11 @@ fn exec_inner(name: &str, o: &ExecOpts) -> Result<i32> {
             while let Some(sig) = sys::read_signal(&sigfd) {
                 if sig == libc::SIGWINCH && m >= 0 {
                     crate::tty::copy_window_size(0, m);
+                } else if sig == libc::SIGWINCH {
+                    if let (true, Some((rows, cols))) = (vm, crate::tty::window_size(0)) {
+                        let r = Request::Resize { rows, cols };
+                        let _ = wire::send(sock.as_raw_fd(), &r, &[]);
+                    }
                 } else {
                     let _ = wire::send(sock.as_raw_fd(), &Request::Signal { signal: sig }, &[]);
                 }
@@ -437,7 +438,7 @@ fn exec_inner(name: &str, o: &ExecOpts) -> Result<i32> {
                 match r {
                     Reply::Started { .. } => {
                         if tty.is_some() {
-                            master = rd.fds.pop();
+                            master = if vm { None } else { rd.fds.pop() };
                             if crate::tty::is_tty(0) {
                                 raw = crate::tty::RawMode::enable(0);
                             }

@@ -16,6 +16,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 /// Where the command finds its notify socket (`--ready notify`).
 pub const INNER_SOCKET: &str = "/run/sandbox-notify";
 
+/// Why `--ready notify` is refused with `--vm`: the program in the guest
+/// has no path to the host's notify socket (a unix socket cannot cross
+/// 9p or vsock).
+pub const VM_NOTIFY_REFUSED: &str = "--ready notify is not supported with --vm (the guest \
+     cannot reach the host's notify socket); use --ready started or --ready tcp:PORT \
+     (docs/services.md)";
+
 /// How the sandbox becomes ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ready {

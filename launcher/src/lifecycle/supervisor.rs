@@ -120,8 +120,11 @@ pub enum Action {
     },
     /// `HostMsg::ExecSignal`.
     ExecSignal { id: u32, sig: i32 },
-    /// `HostMsg::Resize` for an exec'd pty (the master is with the
-    /// client, which sets the size itself; nothing to do for init).
+    /// An exec'd pty's new size: `HostMsg::ExecResize` in a VM, where init
+    /// keeps the master (in the namespace backend the client holds the
+    /// master and sets the size itself).
+    ExecResize { id: u32, rows: u16, cols: u16 },
+    /// Nothing to do.
     None,
 }
 
@@ -329,7 +332,10 @@ impl Control {
                 Some(Action::Signal(signal))
             }
             Request::Signal { signal } => c.exec.map(|id| Action::ExecSignal { id, sig: signal }),
-            Request::Resize { .. } => Some(Action::None),
+            Request::Resize { rows, cols } => c
+                .exec
+                .map(|id| Action::ExecResize { id, rows, cols })
+                .or(Some(Action::None)),
             Request::Exec(e) => {
                 if c.exec.is_some() {
                     reply(

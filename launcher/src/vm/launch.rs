@@ -607,7 +607,12 @@ fn run_shape(spec: &Spec) -> Result<(u8, u32), VmError> {
 }
 
 /// Run `spec` in a micro-VM; `sigfd` has the forwarded signals.
-pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcome, VmError> {
+pub fn run(
+    spec: &Spec,
+    sigfd: &OwnedFd,
+    report: &mut VmReport,
+    live: Option<&mut crate::lifecycle::Live>,
+) -> Result<Outcome, VmError> {
     let t0 = Instant::now();
     let kvm = open_kvm()?;
     let guest_kernel = kernel::find(spec.vm_kernel.as_deref())?;
@@ -670,6 +675,8 @@ pub fn run(spec: &Spec, sigfd: &OwnedFd, report: &mut VmReport) -> Result<Outcom
         sigfd,
         t0,
         report,
+        live,
+        execs: Vec::new(),
     });
     running.stop();
     let _ = built.stop.write(1);

@@ -22,9 +22,13 @@ use sandbox_proto::{ExitStatus, HostMsg, InitMsg, InitSpec, PROTOCOL_VERSION};
 
 use super::launch::{VmReport, DRAIN_TIMEOUT};
 use super::machine::{RunningMachine, VmExit};
+use super::virtio::vsock::Endpoint;
 use super::virtio::vsock::VsockHandle;
 use crate::chan::Channel;
 use crate::container::StartError;
+use crate::lifecycle::record::Phase as State;
+use crate::lifecycle::supervisor::Action;
+use crate::lifecycle::Live;
 use crate::session::Outcome;
 use crate::spec::Spec;
 use crate::sys;
@@ -40,7 +44,23 @@ pub struct Session<'a> {
     /// When the VM setup started (boot time is measured from here).
     pub t0: Instant,
     pub report: &'a mut VmReport,
+    /// The lifecycle (state record, control socket, readiness).
+    pub live: Option<&'a mut Live>,
+    /// `sandbox exec`s in flight.
+    pub execs: Vec<ExecTrack>,
 }
+
+/// One `sandbox exec` in the guest: its vsock ports, and its end once init
+/// reported it (answered when its output has drained).
+#[derive(Debug)]
+pub struct ExecTrack {
+    id: u32,
+    ports: [u32; 3],
+    exited: Option<(InitMsg, Instant)>,
+}
+
+/// While an exec's end waits for its output, the loop looks this often.
+const EXEC_DRAIN_POLL: Duration = Duration::from_millis(5);
 
 impl std::fmt::Debug for Session<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,7 +73,8 @@ enum Phase {
     Boot,
     Starting,
     Running,
-    /// SIGTERM sent on timeout; the VM is stopped at this instant.
+    /// SIGTERM sent (on timeout, or `sandbox stop`); the VM is stopped at
+    /// this instant.
     Terminating(Instant),
     Done,
 }
@@ -121,10 +142,13 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
     let mut timed_out = false;
     let mut exited: Option<ExitStatus> = None;
     let tty = s.init_spec.tty.is_some();
+    // `sandbox stop` or `sandbox kill NAME KILL`: stopping the VM is the
+    // requested end, reported as death by SIGKILL (137).
+    let mut killed_on_request = false;
     let proto = |m: String| Failure::Start(StartError::Protocol(m));
 
     while phase != Phase::Done {
-        let mut fds = [
+        let mut fds = vec![
             libc::pollfd {
                 fd: s.chan.raw_fd(),
                 events: libc::POLLIN,
@@ -141,10 +165,17 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
                 revents: 0,
             },
         ];
+        let ctl_at = fds.len();
+        if let Some(c) = s.live.as_deref().and_then(|l| l.control.as_ref()) {
+            fds.extend(c.pollfds());
+        }
         let next = match phase {
             Phase::Terminating(at) => Some(at),
             _ => deadline,
         };
+        let next = earliest(next, s.live.as_deref().and_then(Live::next_wakeup));
+        let draining = s.execs.iter().any(|e| e.exited.is_some());
+        let next = earliest(next, draining.then(|| Instant::now() + EXEC_DRAIN_POLL));
         let wait_ms = next.map_or(-1, |d| {
             d.saturating_duration_since(Instant::now())
                 .as_millis()
@@ -161,11 +192,7 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
                 // The command ignored SIGTERM: the VM goes, and with it
                 // everything in the sandbox.
                 s.vm.stop();
-                return Ok(Outcome {
-                    status: Err("the command did not stop in time and was killed".into()),
-                    timed_out: true,
-                    oom: false,
-                });
+                return Ok(killed(killed_on_request && !timed_out));
             }
             Phase::Boot | Phase::Starting | Phase::Running
                 if deadline.is_some_and(|d| now >= d) && !timed_out =>
@@ -186,6 +213,14 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
             }
             _ => {}
         }
+        if let Some(kill) = lifecycle(s, &fds[ctl_at..], now, exited.is_some(), &mut phase) {
+            killed_on_request = true;
+            if kill {
+                s.vm.stop();
+                return Ok(killed(true));
+            }
+        }
+        finish_execs(s, now);
         if fds[1].revents & libc::POLLIN != 0 {
             while let Some(sig) = sys::read_signal(s.sigfd) {
                 if sig == libc::SIGWINCH {
@@ -195,6 +230,11 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
                         }
                     }
                 } else if matches!(phase, Phase::Running | Phase::Terminating(_)) {
+                    if sig == libc::SIGTERM {
+                        if let Some(l) = s.live.as_deref_mut() {
+                            l.set(State::Stopping);
+                        }
+                    }
                     let _ = s.chan.send(&HostMsg::Signal(sig));
                 } else {
                     pending_signals.push(sig);
@@ -231,8 +271,28 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
                         for sig in pending_signals.drain(..) {
                             let _ = s.chan.send(&HostMsg::Signal(sig));
                         }
+                        if let Some(l) = s.live.as_deref_mut() {
+                            crate::run::sandbox_started(
+                                l,
+                                s.spec,
+                                None,
+                                &enforced,
+                                &s.report.not_enforced,
+                            );
+                        }
                         phase = Phase::Running;
                     }
+                    (Phase::Running | Phase::Terminating(_), InitMsg::Probe { open, .. }) => {
+                        if let Some(l) = s.live.as_deref_mut() {
+                            l.probed(open);
+                        }
+                    }
+                    (
+                        Phase::Running | Phase::Terminating(_),
+                        m @ (InitMsg::ExecStarted { .. }
+                        | InitMsg::ExecNotStarted { .. }
+                        | InitMsg::ExecExited { .. }),
+                    ) => exec_message(s, m, now),
                     (Phase::Starting, InitMsg::SetupFailed(e)) => {
                         return Err(Failure::Start(StartError::Setup(e)))
                     }
@@ -273,12 +333,8 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
         }
         if fds[2].revents != 0 && phase != Phase::Done {
             let e = s.vm.exit();
-            if timed_out {
-                return Ok(Outcome {
-                    status: Err("the command did not stop in time and was killed".into()),
-                    timed_out: true,
-                    oom: false,
-                });
+            if timed_out || killed_on_request {
+                return Ok(killed(killed_on_request && !timed_out));
             }
             return Err(describe_exit(e));
         }
@@ -301,6 +357,187 @@ fn run_loop(s: &mut Session<'_>) -> Result<Outcome, Failure> {
         timed_out,
         oom: false,
     })
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The VM was stopped before the command exited: on request (`sandbox
+/// stop` past its grace, `sandbox kill NAME KILL`) that is death by
+/// SIGKILL; otherwise the timeout's kill.
+fn killed(on_request: bool) -> Outcome {
+    Outcome {
+        status: if on_request {
+            Ok(ExitStatus::Signal(libc::SIGKILL))
+        } else {
+            Err("the command did not stop in time and was killed".into())
+        },
+        timed_out: !on_request,
+        oom: false,
+    }
+}
+
+/// Readiness probes and the control socket's requests. Returns
+/// `Some(true)` when the VM must be stopped now (SIGKILL requested),
+/// `Some(false)` when a `stop` began (SIGTERM sent, `phase` set).
+fn lifecycle(
+    s: &mut Session<'_>,
+    polled: &[libc::pollfd],
+    now: Instant,
+    ended: bool,
+    phase: &mut Phase,
+) -> Option<bool> {
+    let l = s.live.as_deref_mut()?;
+    if matches!(*phase, Phase::Running) {
+        if let Some(port) = l.probe_due(now) {
+            let _ = s.chan.send(&HostMsg::ProbeTcp { port });
+        }
+    }
+    let actions = match l.control.as_mut() {
+        Some(c) => c.handle(polled, ended),
+        None => return None,
+    };
+    let mut result = None;
+    for a in actions {
+        match a {
+            Action::Signal(libc::SIGKILL) => return Some(true),
+            Action::Signal(sig) => {
+                let _ = s.chan.send(&HostMsg::Signal(sig));
+            }
+            Action::Stop(grace) => {
+                if let Phase::Running = *phase {
+                    if let Some(l) = s.live.as_deref_mut() {
+                        l.set(State::Stopping);
+                    }
+                    let _ = s.chan.send(&HostMsg::Signal(libc::SIGTERM));
+                    *phase = Phase::Terminating(now + grace);
+                    result = Some(false);
+                }
+            }
+            Action::Exec { id, spec, fds } => start_exec(s, id, spec, fds),
+            Action::ExecSignal { id, sig } => {
+                let _ = s.chan.send(&HostMsg::ExecSignal { id, sig });
+            }
+            Action::ExecResize { id, rows, cols } => {
+                let _ = s.chan.send(&HostMsg::ExecResize { id, rows, cols });
+            }
+            Action::None => {}
+        }
+    }
+    result
+}
+
+/// Answer a client's exec as init would have, from here.
+fn exec_refused(s: &mut Session<'_>, id: u32, step: &str, errno: i32, detail: String) {
+    let failure = sandbox_proto::ExecFailure::Setup(sandbox_proto::SetupError {
+        step: step.into(),
+        path: None,
+        errno,
+        detail,
+    });
+    if let Some(c) = s.live.as_deref_mut().and_then(|l| l.control.as_mut()) {
+        c.on_init(&InitMsg::ExecNotStarted { id, failure }, None);
+    }
+}
+
+/// `sandbox exec` in the guest: the client's stdin, stdout and stderr
+/// become the vsock ports of `exec_ports(id)`, which init connects before
+/// it spawns the process (docs/vm.md, "sandbox exec").
+fn start_exec(s: &mut Session<'_>, id: u32, spec: Box<sandbox_proto::ExecSpec>, fds: Vec<OwnedFd>) {
+    let ports = sandbox_proto::vm::exec_ports(id);
+    let Ok([i, o, e]) = <[OwnedFd; 3]>::try_from(fds) else {
+        return exec_refused(
+            s,
+            id,
+            "exec-stdio",
+            libc::EBADF,
+            "an exec in a VM needs the client's stdin, stdout and stderr".into(),
+        );
+    };
+    let eps = vec![
+        (ports[0], Endpoint::Input(i)),
+        (ports[1], Endpoint::Output(o)),
+        (ports[2], Endpoint::Output(e)),
+    ];
+    if let Err(err) = s.vsock.add_ports(eps) {
+        return exec_refused(s, id, "exec-vsock", libc::EBUSY, err.to_string());
+    }
+    if s.chan.send(&HostMsg::Exec { id, spec }).is_err() {
+        s.vsock.forget_ports(&ports);
+        return exec_refused(
+            s,
+            id,
+            "exec-send",
+            libc::EPIPE,
+            "the control channel to the guest is closed".into(),
+        );
+    }
+    s.execs.push(ExecTrack {
+        id,
+        ports,
+        exited: None,
+    });
+}
+
+/// init's answer about an exec. Its end is held back until the guest has
+/// closed the exec's output streams and the device has written all they
+/// carried ([`finish_execs`]): the client must see all the output before
+/// its status.
+fn exec_message(s: &mut Session<'_>, m: InitMsg, now: Instant) {
+    let id = match &m {
+        InitMsg::ExecStarted { id, .. }
+        | InitMsg::ExecNotStarted { id, .. }
+        | InitMsg::ExecExited { id, .. } => *id,
+        _ => return,
+    };
+    let Some(i) = s.execs.iter().position(|e| e.id == id) else {
+        return;
+    };
+    match m {
+        InitMsg::ExecExited { .. } => {
+            s.execs[i].exited = Some((m, now + DRAIN_TIMEOUT));
+        }
+        InitMsg::ExecNotStarted { .. } => {
+            let e = s.execs.swap_remove(i);
+            s.vsock.forget_ports(&e.ports);
+            if let Some(c) = s.live.as_deref_mut().and_then(|l| l.control.as_mut()) {
+                c.on_init(&m, None);
+            }
+        }
+        _ => {
+            if let Some(c) = s.live.as_deref_mut().and_then(|l| l.control.as_mut()) {
+                c.on_init(&m, None);
+            }
+        }
+    }
+}
+
+/// Answer the execs whose output has drained (or whose drain timed out).
+fn finish_execs(s: &mut Session<'_>, now: Instant) {
+    let mut i = 0;
+    while i < s.execs.len() {
+        let e = &s.execs[i];
+        let ready = match &e.exited {
+            Some((_, deadline)) => now >= *deadline || s.vsock.ports_done(&e.ports[1..]),
+            None => false,
+        };
+        if !ready {
+            i += 1;
+            continue;
+        }
+        let e = s.execs.swap_remove(i);
+        s.vsock.forget_ports(&e.ports);
+        if let (Some((m, _)), Some(c)) = (
+            e.exited,
+            s.live.as_deref_mut().and_then(|l| l.control.as_mut()),
+        ) {
+            c.on_init(&m, None);
+        }
+    }
 }
 
 /// Fill in what makes this guest unique (docs/snapshots.md): fresh

@@ -195,6 +195,98 @@ wait
 ok=0; for i in 1 2 3 4; do [ "$(cat c$i.txt)" = "vm-$i" ] && ok=$((ok+1)); done
 [ $ok -eq 4 ] && check concurrent-vms ok || check concurrent-vms "$(cat c1.txt c2.txt c3.txt c4.txt) $(for i in 1 2 3 4; do [ "$(cat c$i.txt)" = "vm-$i" ] || { echo "[console $i:"; tail -n 15 "$W/console$i.txt" 2>/dev/null | tr '\n' '|'; echo "]"; }; done)"
 
+# The lifecycle of a VM sandbox (docs/services.md): run -d, ps, exec,
+# logs, inspect, kill, stop, --ready tcp, gc. The name of each sandbox
+# ends in the mode so that both suites can share a state directory.
+L="timeout --foreground -k 5 120 $S"
+# state_of NAME: its state in `sandbox ps --json`, or "none".
+state_of() {
+	$L ps --json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+rows = [r["state"] for r in json.load(sys.stdin) if r["name"] == sys.argv[1]]
+print(rows[0] if rows else "none")' "$1"
+}
+# code_of NAME: its recorded exit code.
+code_of() {
+	$L ps --json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+rows = [r["exit_code"] for r in json.load(sys.stdin) if r["name"] == sys.argv[1]]
+print(rows[0] if rows else "none")' "$1"
+}
+# wait_ended NAME: until it is no longer running (at most 20 s).
+wait_ended() {
+	i=0; while [ $i -lt 100 ] && [ "$(state_of "$1")" = running ]; do sleep 0.2; i=$((i+1)); done
+}
+D="vmd-$MODE"
+out=$($V -d --name "$D" -- sh -c 'trap "echo got-term; exit 7" TERM; echo started; while :; do sleep 1; done' 2>&1); rc=$?
+[ "$rc:$out" = "0:$D" ] && check detach-returns-name ok || check detach-returns-name "rc=$rc $out"
+out=$($L ps --json 2>&1)
+printf '%s' "$out" | /usr/bin/python3 -c '
+import json, sys
+rows = [r for r in json.load(sys.stdin) if r["name"] == sys.argv[1]]
+sys.exit(0 if rows and rows[0]["backend"] == "vm" and rows[0]["state"] == "running" else 1)' "$D" \
+	&& check ps-shows-vm ok || check ps-shows-vm "$out"
+out=$($L exec "$D" -- sh -c 'echo exec-out; echo exec-err >&2; exit 3' 2>err.txt); rc=$?
+[ "$rc:$out:$(cat err.txt)" = "3:exec-out:exec-err" ] && check vm-exec-stdio-status ok || check vm-exec-stdio-status "rc=$rc out=$out err=$(cat err.txt)"
+out=$(echo hello-in | $L exec -i "$D" -- cat 2>&1); rc=$?
+[ "$rc:$out" = "0:hello-in" ] && check vm-exec-stdin ok || check vm-exec-stdin "rc=$rc $out"
+out=$($L exec -e FOO=bar -w /tmp "$D" -- sh -c 'echo "$FOO $(pwd)"' 2>&1); rc=$?
+[ "$rc:$out" = "0:bar /tmp" ] && check vm-exec-env-cwd ok || check vm-exec-env-cwd "rc=$rc $out"
+n=$($L exec "$D" -- head -c 5000000 /dev/zero 2>/dev/null | wc -c)
+[ "$n" -eq 5000000 ] && check vm-exec-output-before-status ok || check vm-exec-output-before-status "got $n of 5000000 bytes"
+# The exec'd process has the command's confinement (seccomp, no caps,
+# no_new_privs), compared with the command's own (pid 2 under init).
+want=$($L exec "$D" -- sh -c 'grep -E "^(Seccomp|NoNewPrivs|CapEff|CapBnd):" /proc/self/status' 2>&1)
+case "$want" in *"Seccomp:	2"*"CapEff:	0000000000000000"*|*"CapEff:	0000000000000000"*"Seccomp:	2"*) check vm-exec-confined ok ;; *) check vm-exec-confined "$want" ;; esac
+for i in 1 2 3 4; do $L exec "$D" -- sh -c "echo exec-$i" >"e$i.txt" 2>&1 & done
+wait
+ok=0; for i in 1 2 3 4; do [ "$(cat e$i.txt)" = "exec-$i" ] && ok=$((ok+1)); done
+[ $ok -eq 4 ] && check vm-exec-concurrent ok || check vm-exec-concurrent "$(cat e1.txt e2.txt e3.txt e4.txt)"
+out=$($L exec "$D" -- /no/such/program 2>&1); rc=$?
+case "$rc:$out" in 127:*"command not found"*) check vm-exec-not-found ok ;; *) check vm-exec-not-found "rc=$rc $out" ;; esac
+# A terminal: script(1) gives the client one; the pty is in the guest.
+out=$(script -qec "$S exec -t $D -- sh -c 'tty; stty size'" /dev/null 2>&1 | tr -d '\r'); rc=$?
+case "$out" in *"/dev/pts/"*) check vm-exec-tty ok ;; *) check vm-exec-tty "rc=$rc $out" ;; esac
+out=$($L logs "$D" 2>&1)
+case "$out" in *started*) check vm-logs ok ;; *) check vm-logs "$out" ;; esac
+out=$($L inspect "$D" 2>&1)
+case "$out" in *'"backend": "vm"'*) check vm-inspect ok ;; *) check vm-inspect "$out" ;; esac
+# stop returns 0 once the sandbox has ended; its status is in the record.
+out=$($L stop "$D" --time 20s 2>&1); rc=$?
+code=$(code_of "$D")
+[ "$rc:$code" = "0:7" ] && check vm-stop-sigterm ok || check vm-stop-sigterm "rc=$rc exit_code=$code $out"
+case "$($L logs "$D" 2>&1)" in *got-term*) check vm-stop-reached-command ok ;; *) check vm-stop-reached-command "$($L logs "$D" 2>&1)" ;; esac
+out=$($L exec "$D" -- true 2>&1); rc=$?
+case "$rc:$out" in 125:*"is not running: it exited with status 7"*) check vm-exec-exited-refused ok ;; *) check vm-exec-exited-refused "rc=$rc $out" ;; esac
+# A command that ignores SIGTERM: stop kills it after the grace time.
+I="vmi-$MODE"
+o1=$($V -d --name "$I" -- sh -c 'trap "" TERM; echo trapped; while :; do sleep 1; done' 2>&1)
+i=0; while [ $i -lt 100 ] && ! $L logs "$I" 2>/dev/null | grep -q trapped; do sleep 0.2; i=$((i+1)); done
+t0=$(date +%s)
+out=$($L stop "$I" --time 2s 2>&1); rc=$?
+t=$(($(date +%s) - t0))
+code=$(code_of "$I")
+[ "$rc:$code" = "0:137" ] && [ $t -ge 2 ] && [ $t -lt 60 ] && check vm-stop-ignored-term ok || check vm-stop-ignored-term "rc=$rc exit_code=$code after ${t}s $o1 $out"
+K="vmk-$MODE"
+$V -d --name "$K" -- sleep 600 >/dev/null 2>&1
+out=$($L kill "$K" KILL 2>&1); rc=$?
+wait_ended "$K"
+st=$(state_of "$K")
+[ $rc -eq 0 ] && [ "$st" = exited ] && check vm-kill ok || check vm-kill "rc=$rc state=$st $out"
+# --ready tcp: -d returns only once the port inside the guest accepts.
+R2="vmr-$MODE"
+out=$($V -d --name "$R2" --ready tcp:8080 -- sh -c 'sleep 2; exec /usr/bin/python3 -c "import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\",8080)); s.listen(); time.sleep(600)"' 2>&1); rc=$?
+o2=$($L exec "$R2" -- /usr/bin/python3 -c 'import socket; socket.create_connection(("127.0.0.1", 8080), timeout=5)' 2>&1); rc2=$?
+[ "$rc:$rc2" = "0:0" ] && check vm-ready-tcp ok || check vm-ready-tcp "rc=$rc $out / probe rc=$rc2 $o2"
+$L kill "$R2" KILL >/dev/null 2>&1
+wait_ended "$R2"
+# Bad names, and nothing left once the exited records are collected.
+out=$($L exec "bad/name" -- true 2>&1); rc=$?
+case "$rc:$out" in 125:*"invalid sandbox name"*) check vm-bad-name ok ;; *) check vm-bad-name "rc=$rc $out" ;; esac
+$L gc >/dev/null 2>&1
+left=$(ls /run/sandbox 2>/dev/null | grep -E -- "-$MODE\$" | tr '\n' ' ')
+[ -z "$left" ] && check vm-gc-leaves-nothing ok || check vm-gc-leaves-nothing "left: $left"
+
 # Snapshots (docs/snapshots.md): named ones, the state file checks, clone
 # safety, crash-safe writes.
 SN="timeout --foreground -k 5 300 $S snapshot"

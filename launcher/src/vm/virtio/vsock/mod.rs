@@ -51,6 +51,11 @@
 //! - Input and Output endpoints get one helper thread each when the guest
 //!   connects (see [`endpoint`]); they own their fd and share a bounded
 //!   buffer with the worker.
+//! - Ports added while the device runs (`sandbox exec`'s streams,
+//!   [`VsockHandle::add_ports`]) wait in the shared status until the worker
+//!   adopts them on its wake eventfd; [`VsockHandle::forget_ports`] has the
+//!   worker drop them again. They take Input and Output endpoints only and
+//!   follow the same rules as the fixed ones (one connection each).
 
 pub mod conn;
 pub mod endpoint;
@@ -108,6 +113,8 @@ pub enum VsockError {
     DuplicatePort(u32),
     #[error("cannot prepare the endpoint of vsock port {port}: {err}")]
     Endpoint { port: u32, err: std::io::Error },
+    #[error("vsock port {0}: only stdin and output endpoints can be added to a running device")]
+    StreamAdded(u32),
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -118,10 +125,16 @@ struct PortStatus {
     flushed: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Status {
     ports: Mutex<BTreeMap<u32, PortStatus>>,
     cond: Condvar,
+    /// Ports added at run time, for the worker to adopt.
+    added: Mutex<Vec<(u32, Host)>>,
+    /// Ports the worker is to drop.
+    forgotten: Mutex<Vec<u32>>,
+    /// The worker's wake eventfd (also signalled by the helper threads).
+    wake: Arc<EventFd>,
 }
 
 impl Status {
@@ -133,6 +146,19 @@ impl Status {
         f(self.lock().entry(port).or_default());
         self.cond.notify_all();
     }
+
+    /// Update `port` only if it is still known (a forgotten port's late
+    /// events are dropped).
+    fn update_known(&self, port: u32, f: impl FnOnce(&mut PortStatus)) {
+        if let Some(st) = self.lock().get_mut(&port) {
+            f(st);
+        }
+        self.cond.notify_all();
+    }
+}
+
+fn plock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Watches the device's connections from another thread.
@@ -171,6 +197,55 @@ impl VsockHandle {
     pub fn is_connected(&self, port: u32) -> bool {
         self.status.lock().get(&port).is_some_and(|s| s.connected)
     }
+
+    /// Without waiting: whether every one of `ports` had its connection,
+    /// which is closed and flushed (see [`VsockHandle::wait_closed`]).
+    pub fn ports_done(&self, ports: &[u32]) -> bool {
+        let st = self.status.lock();
+        ports.iter().all(|p| {
+            st.get(p)
+                .is_some_and(|s| s.had && s.closed && s.flushed && !s.connected)
+        })
+    }
+
+    /// Open more ports on the running device (or before it starts). A port
+    /// already known is refused, as is a Stream endpoint; nothing is added
+    /// then.
+    pub fn add_ports(&self, ports: Vec<(u32, Endpoint)>) -> Result<(), VsockError> {
+        let mut hosts = Vec::with_capacity(ports.len());
+        {
+            let known = self.status.lock();
+            for (port, ep) in ports {
+                if known.contains_key(&port) || hosts.iter().any(|(p, _)| *p == port) {
+                    return Err(VsockError::DuplicatePort(port));
+                }
+                if matches!(ep, Endpoint::Stream(_)) {
+                    return Err(VsockError::StreamAdded(port));
+                }
+                let host = Host::new(ep).map_err(|err| VsockError::Endpoint { port, err })?;
+                hosts.push((port, host));
+            }
+        }
+        for (port, _) in &hosts {
+            self.status.update(*port, |_| {});
+        }
+        plock(&self.status.added).extend(hosts);
+        let _ = self.status.wake.write(1);
+        Ok(())
+    }
+
+    /// Drop `ports` (added ones): a live connection is reset, an endpoint
+    /// that never connected is closed, and their status is gone.
+    pub fn forget_ports(&self, ports: &[u32]) {
+        {
+            let mut st = self.status.lock();
+            for p in ports {
+                st.remove(p);
+            }
+        }
+        plock(&self.status.forgotten).extend_from_slice(ports);
+        let _ = self.status.wake.write(1);
+    }
 }
 
 /// The virtio-vsock device.
@@ -191,7 +266,15 @@ impl Vsock {
         if !(3..=0xffff_fffe).contains(&cfg.guest_cid) {
             return Err(VsockError::BadCid(cfg.guest_cid));
         }
-        let status = Arc::new(Status::default());
+        let wake = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|err| VsockError::Endpoint { port: 0, err })?;
+        let status = Arc::new(Status {
+            ports: Mutex::default(),
+            cond: Condvar::new(),
+            added: Mutex::default(),
+            forgotten: Mutex::default(),
+            wake: Arc::new(wake),
+        });
         let mut ports = Vec::with_capacity(cfg.ports.len());
         for (port, ep) in cfg.ports {
             if ports.iter().any(|(p, _)| *p == port) {
@@ -267,8 +350,6 @@ impl VirtioDevice for Vsock {
         let (rxq, rx_kick) = rx.ok_or(ActivateError::MissingQueue(RXQ))?;
         let (txq, tx_kick) = tx.ok_or(ActivateError::MissingQueue(TXQ))?;
         let (evq, ev_kick) = ev.ok_or(ActivateError::MissingQueue(EVQ))?;
-        let wake = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| ActivateError::Worker(format!("cannot create an eventfd: {e}")))?;
         let stopped = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             mem: a.mem,
@@ -278,7 +359,7 @@ impl VirtioDevice for Vsock {
             evq,
             kicks: [rx_kick, tx_kick, ev_kick],
             stop: a.stop,
-            wake: Arc::new(wake),
+            wake: self.status.wake.clone(),
             guest_cid: self.guest_cid,
             ports: ports
                 .into_iter()
@@ -290,6 +371,7 @@ impl VirtioDevice for Vsock {
                     accepted: 0,
                     registered: false,
                     flush_seen: false,
+                    added: false,
                 })
                 .collect(),
             ctrl: VecDeque::new(),
@@ -360,6 +442,8 @@ struct Slot {
     registered: bool,
     /// The closed connection's flush was reported.
     flush_seen: bool,
+    /// Added at run time ([`VsockHandle::add_ports`]): may be forgotten.
+    added: bool,
 }
 
 impl Slot {
@@ -455,6 +539,7 @@ impl MutEventSubscriber for Worker {
             }
             TAG_WAKE => {
                 let _ = self.wake.read();
+                self.adopt();
             }
             _ => {}
         }
@@ -479,6 +564,35 @@ impl Worker {
         let used = if ok { 4 } else { 0 };
         let _ = self.evq.add_used(&mem, head, used);
         self.interrupt.signal_used_queue();
+    }
+
+    /// Take the ports added and drop the ones forgotten since last time.
+    fn adopt(&mut self) {
+        let added = std::mem::take(&mut *plock(&self.status.added));
+        for (port, host) in added {
+            self.ports.push(Slot {
+                port,
+                host,
+                conn: None,
+                used: false,
+                accepted: 0,
+                registered: false,
+                flush_seen: false,
+                added: true,
+            });
+        }
+        let gone = std::mem::take(&mut *plock(&self.status.forgotten));
+        for port in gone {
+            let Some(i) = self.ports.iter().position(|s| s.added && s.port == port) else {
+                continue;
+            };
+            self.close(i, true);
+            let mut s = self.ports.remove(i);
+            s.host.shutdown();
+        }
+        if self.rr >= self.ports.len() {
+            self.rr = 0;
+        }
     }
 
     fn run(&mut self) {
@@ -520,7 +634,7 @@ impl Worker {
             } else if s.used && !s.flush_seen && s.host.flushed() {
                 s.flush_seen = true;
                 let port = s.port;
-                self.status.update(port, |st| st.flushed = true);
+                self.status.update_known(port, |st| st.flushed = true);
             }
         }
     }
@@ -539,7 +653,7 @@ impl Worker {
         }
         s.host.close();
         let flushed = s.host.flushed();
-        self.status.update(s.port, |st| {
+        self.status.update_known(s.port, |st| {
             st.connected = false;
             st.closed = true;
             st.flushed |= flushed;
@@ -567,7 +681,7 @@ impl Worker {
                 let flushed = s.host.flushed();
                 s.host.release_stream();
                 if s.used {
-                    self.status.update(s.port, |st| st.flushed |= flushed);
+                    self.status.update_known(s.port, |st| st.flushed |= flushed);
                 }
             }
         }
@@ -680,6 +794,10 @@ impl Worker {
     }
 
     fn on_request(&mut self, hdr: &Header) {
+        if !self.ports.iter().any(|s| s.port == hdr.dst_port) {
+            // A port added just now, its wake not handled yet.
+            self.adopt();
+        }
         let Some(i) = self.ports.iter().position(|s| s.port == hdr.dst_port) else {
             self.queue_rst(hdr);
             return;
@@ -691,7 +809,7 @@ impl Worker {
         }
         let status = self.status.clone();
         let port = s.port;
-        let on_flushed = Box::new(move || status.update(port, |st| st.flushed = true));
+        let on_flushed = Box::new(move || status.update_known(port, |st| st.flushed = true));
         if s.host.start(&self.wake, on_flushed).is_err() {
             self.queue_rst(hdr);
             return;
@@ -700,7 +818,7 @@ impl Worker {
         self.ctrl.push_back(c.header(OP_RESPONSE, 0, 0));
         s.conn = Some(c);
         s.used = true;
-        self.status.update(port, |st| {
+        self.status.update_known(port, |st| {
             st.connected = true;
             st.had = true;
         });

@@ -564,6 +564,63 @@ fn second_connection_to_busy_port_is_reset() {
 }
 
 #[test]
+fn ports_added_at_run_time_carry_data_then_are_forgotten() {
+    let (_host, dev_end) = UnixStream::pair().unwrap();
+    let mut d = device(vec![(1024, Endpoint::Stream(dev_end.into()))]);
+    let h = d.handle();
+    let mut g = Guest::start(&mut d);
+    // Not there yet: refused.
+    g.send(hdr(200, 70_000, OP_REQUEST), &[]);
+    assert_eq!(recv_ctl(&mut g).op, OP_RST);
+    // A fixed port cannot be added again, nor can a Stream; nothing of a
+    // refused batch is added.
+    let (_r0, w0) = pipe();
+    let (s1, _s2) = UnixStream::pair().unwrap();
+    assert!(matches!(
+        h.add_ports(vec![
+            (70_001, Endpoint::Output(w0)),
+            (1024, Endpoint::Output(pipe().1))
+        ]),
+        Err(VsockError::DuplicatePort(1024))
+    ));
+    assert!(matches!(
+        h.add_ports(vec![(70_002, Endpoint::Stream(s1.into()))]),
+        Err(VsockError::StreamAdded(70_002))
+    ));
+    let (r, w) = pipe();
+    h.add_ports(vec![(70_000, Endpoint::Output(w))]).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut all).unwrap();
+        all
+    });
+    connect(&mut g, 201, 70_000);
+    assert!(h.is_connected(70_000));
+    g.send(hdr(201, 70_000, OP_RW), b"exec output");
+    g.reap_tx();
+    let mut sd = hdr(201, 70_000, OP_SHUTDOWN);
+    sd.flags = SHUTDOWN_BOTH;
+    g.send(sd, &[]);
+    assert_eq!(recv_ctl(&mut g).op, OP_RST);
+    assert_eq!(reader.join().unwrap(), b"exec output");
+    assert!(h.wait_closed(&[70_000], Duration::from_secs(5)));
+    assert!(h.ports_done(&[70_000]));
+    // Forgotten: its status is gone and a new connection is refused.
+    h.forget_ports(&[70_000]);
+    assert!(!h.ports_done(&[70_000]));
+    g.send(hdr(202, 70_000, OP_REQUEST), &[]);
+    assert_eq!(recv_ctl(&mut g).op, OP_RST);
+    // An added port never connected is closed when forgotten: its reader
+    // sees end of file.
+    let (r2, w2) = pipe();
+    h.add_ports(vec![(70_003, Endpoint::Output(w2))]).unwrap();
+    h.forget_ports(&[70_003]);
+    let mut rest = Vec::new();
+    std::fs::File::from(r2).read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}
+
+#[test]
 fn host_to_guest_respects_guest_credit_and_resumes_on_update() {
     let (mut host, dev_end) = UnixStream::pair().unwrap();
     let mut d = device(vec![(1024, Endpoint::Stream(dev_end.into()))]);
