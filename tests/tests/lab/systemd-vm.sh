@@ -5,6 +5,7 @@
 # `sandbox service install --vm`: the VM is the service (no init system in
 # the guest). Prints "CHECK <name> ok" or "CHECK <name> FAIL ...", then DONE.
 S=$1
+HERE=$(cd "$(dirname "$0")" && pwd)
 export SANDBOX_INIT=$2
 PY=/usr/bin/python3
 check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL $(printf '%s' "$2" | tr '\n' '|')"; fi; }
@@ -14,19 +15,7 @@ alive() { pgrep -f "run --name $1 " | wc -l; }
 
 # A small web server in the guest: answers "hello", logs SIGHUP and SIGTERM.
 mkdir -p /tmp/websrv
-cat > /tmp/websrv/web.py <<'PYEOF'
-import signal, socket, sys
-def on_hup(*_): print("svc-reload", flush=True)
-def on_term(*_): print("svc-term", flush=True); sys.exit(0)
-signal.signal(signal.SIGHUP, on_hup)
-signal.signal(signal.SIGTERM, on_term)
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", 8080)); s.listen()
-print("svc-listening", flush=True)
-print("svc-error-stream", file=sys.stderr, flush=True)
-while True:
-    c, _ = s.accept(); c.sendall(b"hello\n"); c.close()
-PYEOF
+cp "$HERE/web.py" /tmp/websrv/web.py
 
 # 1. install writes a unit whose ExecStart runs the VM.
 unit=$($S service install vweb --vm --ready tcp:8080 -v /tmp/websrv:/srv -- $PY /srv/web.py 2>&1)

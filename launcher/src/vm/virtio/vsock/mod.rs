@@ -363,16 +363,7 @@ impl VirtioDevice for Vsock {
             guest_cid: self.guest_cid,
             ports: ports
                 .into_iter()
-                .map(|(port, host)| Slot {
-                    port,
-                    host,
-                    conn: None,
-                    used: false,
-                    accepted: 0,
-                    registered: false,
-                    flush_seen: false,
-                    added: false,
-                })
+                .map(|(port, host)| Slot::new(port, host, false))
                 .collect(),
             ctrl: VecDeque::new(),
             rr: 0,
@@ -447,6 +438,19 @@ struct Slot {
 }
 
 impl Slot {
+    fn new(port: u32, host: Host, added: bool) -> Self {
+        Slot {
+            port,
+            host,
+            conn: None,
+            used: false,
+            accepted: 0,
+            registered: false,
+            flush_seen: false,
+            added,
+        }
+    }
+
     /// Whether the connection has something for the guest.
     fn wants_rx(&self) -> bool {
         let Some(c) = &self.conn else {
@@ -570,16 +574,7 @@ impl Worker {
     fn adopt(&mut self) {
         let added = std::mem::take(&mut *plock(&self.status.added));
         for (port, host) in added {
-            self.ports.push(Slot {
-                port,
-                host,
-                conn: None,
-                used: false,
-                accepted: 0,
-                registered: false,
-                flush_seen: false,
-                added: true,
-            });
+            self.ports.push(Slot::new(port, host, true));
         }
         let gone = std::mem::take(&mut *plock(&self.status.forgotten));
         for port in gone {
