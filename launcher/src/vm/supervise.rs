@@ -392,8 +392,10 @@ fn lifecycle(
     phase: &mut Phase,
 ) -> Option<bool> {
     let l = s.live.as_deref_mut()?;
-    if matches!(*phase, Phase::Running) {
-        if let Some(port) = l.probe_due(now) {
+    // Taken when due in any phase (a due probe left pending would make the
+    // loop's wait zero); sent only while the command runs.
+    if let Some(port) = l.probe_due(now) {
+        if matches!(*phase, Phase::Running) {
             let _ = s.chan.send(&HostMsg::ProbeTcp { port });
         }
     }
