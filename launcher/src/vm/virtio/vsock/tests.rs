@@ -190,6 +190,17 @@ impl Guest {
 
     /// Put a chain of raw readable buffers on the tx queue and kick.
     fn send_raw(&mut self, parts: &[&[u8]]) {
+        // A loaded host's worker may lag behind: wait (bounded) for used
+        // tx buffers rather than run out of descriptors or slots.
+        let mut waited = 0;
+        while (self.q[1].free.len() < parts.len() || self.slots.is_empty()) && waited < 500 {
+            self.reap_tx();
+            if self.q[1].free.len() >= parts.len() && !self.slots.is_empty() {
+                break;
+            }
+            self.wait_irq(10);
+            waited += 1;
+        }
         let slot = self.slots.pop().unwrap();
         let mut at = slot;
         let mut bufs = Vec::new();
